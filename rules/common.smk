@@ -1,0 +1,138 @@
+# Config loading and validation, the experiment matrix, and the input functions of all rules.
+
+import kdflow.config as kcfg
+from kdflow import paths
+
+# Schema validation (snakemake.utils.validate, defaults filled) plus cross-reference checks;
+# errors name the key path at fault.
+CFG = kcfg.validate_config(config, source="config")
+R = CFG["results"]
+TRANSFER_JOBS = kcfg.transfer_jobs(CFG)
+USED_DATASETS = sorted(
+    {j["dataset"] for j in TRANSFER_JOBS} | {s["dataset"] for s in CFG["subsets"].values()}
+)
+kcfg.check_dataset_roots(CFG, USED_DATASETS)
+
+
+def _names(section):
+    return "|".join(sorted(section)) or "^$"
+
+
+wildcard_constraints:
+    demo=_names(CFG["demo"]),
+    subset=_names(CFG["subsets"]),
+    teacher=_names(CFG["teachers"]),
+    run=_names(CFG["pretrain"]),
+    dataset=_names(CFG["datasets"]),
+    seed=r"\d+",
+
+
+def final_targets():
+    targets = [paths.table(R, "classification", ext) for ext in ("md", "csv")]
+    return targets if TRANSFER_JOBS else []
+
+
+def dataset_folder(name):
+    """A demo dataset is an output of demo_data; a user dataset is checked, not produced."""
+    ds = CFG["datasets"][name]
+    return [paths.demo_dataset(R, ds["demo"])] if "demo" in ds else []
+
+
+# ---------------------------------------------------------------- data
+def demo_spec(wildcards):
+    return CFG["demo"][wildcards.demo]
+
+
+def subset_inputs(wildcards):
+    return dataset_folder(CFG["subsets"][wildcards.subset]["dataset"])
+
+
+def subset_params(wildcards):
+    return kcfg.resolve_subset(CFG, wildcards.subset)
+
+
+# ---------------------------------------------------------------- teachers and SVD
+def teacher_inputs(wildcards):
+    teacher = CFG["teachers"][wildcards.teacher]
+    if "train" in teacher:
+        subset = teacher["train"]["data"]
+        dataset = CFG["subsets"][subset]["dataset"]
+        return {
+            "manifest": paths.subset_manifest(R, subset),
+            "dataset": dataset_folder(dataset),
+        }
+    if "checkpoint" in teacher:
+        return {"checkpoint": teacher["checkpoint"]["path"]}
+    return {}
+
+
+def teacher_params(wildcards):
+    return kcfg.resolve_teacher(CFG, wildcards.teacher)
+
+
+def svd_student_archs(wildcards):
+    """Students of the KDEP runs that use this (teacher, subset) SVD: their widths are checked
+    against N before any pre-training starts."""
+    archs = {
+        CFG["students"][run["student"]]["arch"]
+        for name, run in CFG["pretrain"].items()
+        if run["method"] == "kdep"
+        and run["teacher"] == wildcards.teacher
+        and kcfg.svd_subset_of(CFG, name) == wildcards.subset
+    }
+    return sorted(archs)
+
+
+# ---------------------------------------------------------------- pre-training
+def pretrain_inputs(wildcards):
+    run = CFG["pretrain"][wildcards.run]
+    inputs = {"manifest": paths.subset_manifest(R, run["data"])}
+    if run["method"] == "kdep":
+        inputs["teacher"] = paths.teacher_weights(R, run["teacher"])
+        inputs["svd"] = paths.svd_file(R, run["teacher"], kcfg.svd_subset_of(CFG, wildcards.run))
+    return inputs
+
+
+def run_params(wildcards):
+    return kcfg.resolve_run(CFG, wildcards.run)
+
+
+def pretrain_out_dir(wildcards):
+    return paths.pretrain_dir(R, wildcards.run)
+
+
+def pretrain_state(wildcards):
+    return paths.state_dir(R, "pretrain", wildcards.run)
+
+
+# ---------------------------------------------------------------- transfer
+def transfer_inputs(wildcards):
+    inputs = {"dataset": dataset_folder(wildcards.dataset)}
+    if CFG["pretrain"][wildcards.run]["method"] != "scratch":
+        inputs["student"] = paths.student_weights(R, wildcards.run)
+    return inputs
+
+
+def dataset_params(wildcards):
+    return kcfg.resolve_dataset(CFG, wildcards.dataset)
+
+
+def protocol_params(wildcards):
+    name = kcfg.protocol_for(
+        CFG, "classification", wildcards.dataset, wildcards.run, wildcards.seed
+    )
+    return kcfg.resolve_protocol(CFG, name)
+
+
+def transfer_state(wildcards):
+    return paths.state_dir(
+        R, "transfer", "classification", wildcards.dataset, wildcards.run, f"seed{wildcards.seed}"
+    )
+
+
+def classification_metrics(wildcards):
+    return [
+        paths.transfer_metrics(R, j["task"], j["dataset"], j["run"], j["seed"])
+        for j in TRANSFER_JOBS
+        if j["task"] == "classification"
+    ]

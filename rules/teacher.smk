@@ -1,0 +1,48 @@
+# Teachers (KDEP 1.2) and their SVD weights (KDEP 1.3): every teacher source becomes one
+# timm-named file; the PCA of its pooled pre-ReLU features is computed once per (teacher, subset).
+
+
+rule teacher:
+    input:
+        unpack(teacher_inputs),
+    output:
+        weights=paths.teacher_weights(R, "{teacher}"),
+        metrics=paths.teacher_metrics(R, "{teacher}"),
+    log:
+        paths.log_file(R, "teacher", "{teacher}"),
+    benchmark:
+        paths.benchmark_file(R, "teacher", "{teacher}")
+    conda:
+        "../envs/kdflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+    params:
+        teacher=teacher_params,
+        state=paths.state_dir(R, "teacher", "{teacher}"),
+    script:
+        "../workflow_scripts/teacher.py"
+
+
+rule svd_weights:
+    input:
+        teacher=paths.teacher_weights(R, "{teacher}"),
+        manifest=paths.subset_manifest(R, "{subset}"),
+    output:
+        paths.svd_file(R, "{teacher}", "{subset}"),
+    log:
+        paths.log_file(R, "svd_weights", "{teacher}", "{subset}"),
+    benchmark:
+        paths.benchmark_file(R, "svd_weights", "{teacher}", "{subset}")
+    conda:
+        "../envs/kdflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    params:
+        settings=CFG["svd"],
+        student_archs=svd_student_archs,
+    script:
+        "../workflow_scripts/svd_weights.py"

@@ -1,0 +1,75 @@
+"""``python -m kdflow <command>``: small utilities around the workflow.
+
+  doctor           versions, devices and optional engines of the installed stack
+  import-kdep-svd  convert KDEP's released SVD trio (*_v.npy, *_feat_mean.npy, *_eigen_values.npy)
+  validate         validate a config file and print the resolved runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def doctor(_args) -> int:
+    from kdflow.provenance import device_description, package_versions
+
+    versions = package_versions(("kdflow", "torch", "torchvision", "timm", "numpy", "pandas", "safetensors",
+                                 "snakemake", "snakemake-executor-plugin-slurm", "mmsegmentation", "mmcv",
+                                 "mmcv-lite", "mmengine", "detectron2", "pycocotools"))
+    for name, version in versions.items():
+        print(f"{name:34s} {version or '-'}")
+    import torch
+
+    print(f"{'torch CUDA build':34s} {torch.version.cuda or 'cpu'}")
+    print(f"{'device':34s} {device_description()}")
+    for module in ("mmseg", "detectron2"):
+        try:
+            importlib.import_module(module)
+            state = "importable"
+        except Exception as exc:  # report, do not fail: these engines are optional
+            state = f"not importable ({type(exc).__name__}: {exc})"
+        print(f"{module:34s} {state}")
+    return 0
+
+
+def import_kdep_svd(args) -> int:
+    from kdflow.distill.svd import import_kdep_npy, save_svd
+
+    result = import_kdep_npy(args.v, args.mean, args.sigma, n=args.n)
+    save_svd(args.out, result)
+    print(f"wrote {args.out}: D={result.dim}, N={result.n}")
+    return 0
+
+
+def validate(args) -> int:
+    from kdflow.config import load_config, run_config_hash
+
+    cfg = load_config(args.config)
+    for name, run in cfg["pretrain"].items():
+        print(f"{name:40s} {run['method']:12s} {run_config_hash(cfg, name)[:12]}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="kdflow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="report the installed stack").set_defaults(func=doctor)
+    imp = sub.add_parser("import-kdep-svd", help="KDEP's released .npy trio -> kdflow SVD file")
+    imp.add_argument("--v", required=True)
+    imp.add_argument("--mean", required=True)
+    imp.add_argument("--sigma", required=True, help="*_eigen_values.npy (singular values)")
+    imp.add_argument("--n", type=int, required=True, help="number of images the SVD used (KDEP: 128000)")
+    imp.add_argument("--out", required=True)
+    imp.set_defaults(func=import_kdep_svd)
+    val = sub.add_parser("validate", help="validate a config and list its runs")
+    val.add_argument("config")
+    val.set_defaults(func=validate)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The method interface: what the generic trainer calls, without asking which method it runs.
+
+A method may
+  (a) own sampling, batching and epoch accounting: ``passes`` says how many nominal epochs each
+      data pass counts for (FKD replays several stored crops per image visit, so one pass counts
+      as several epochs) and ``loader`` yields the batches of a pass;
+  (b) transform the input before teacher and student see it: ``prepare`` (FunMatch's mixup);
+  (c) own trainable modules (VkD's projection): ``trainable_modules`` are optimised and saved in
+      the resumable state, but never exported with the student;
+  (d) read teacher logits or features through ``context.teacher`` (a frozen ``Network``);
+  (e) compute the loss: ``loss(student, batch) -> (loss, {name: value})``.
+
+Adding a method = one module in ``kdflow.distill`` decorated with ``@register_method``, a schema
+enum value, and tests of its math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdflow.data.imagefolder import Manifest, ManifestDataset
+from kdflow.data.transforms import train_transform
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str):
+    def decorate(cls: type["Method"]) -> type["Method"]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice ({METHODS[name].__name__}, {cls.__name__})")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_method(name: str) -> type["Method"]:
+    import kdflow.distill  # noqa: F401  (registers the built-in methods)
+
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may need; built by the pre-training/transfer entry points."""
+
+    data: Manifest
+    training: dict
+    device: torch.device
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    teacher: nn.Module | None = None
+    options: dict = field(default_factory=dict)  # the method's own config block
+    artefacts: dict[str, Any] = field(default_factory=dict)  # e.g. {"svd": path}
+
+
+def pass_seed(seed: int, pass_index: int, stream: int = 0) -> int:
+    """A 63-bit seed for one data pass: reproducible, and independent of how a run was resumed."""
+    return int(np.random.SeedSequence([seed, pass_index, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class Method:
+    name: ClassVar[str] = "base"
+    #: how many classes the student's head needs (None: a head-less feature student)
+    needs_head: ClassVar[bool] = False
+
+    def __init__(self, context: MethodContext):
+        self.ctx = context
+
+    # (c) -------------------------------------------------------------------------------------
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    # (a) -------------------------------------------------------------------------------------
+    def passes(self, epochs: int) -> list[int]:
+        """Nominal epochs covered by each data pass; by default one pass per epoch."""
+        return [1] * epochs
+
+    def loader(self, pass_index: int) -> Iterable[dict]:
+        """Batches of one pass: shuffled by a seed derived from (seed, pass), sharded by rank."""
+        return ManifestBatches(self.ctx, ManifestDataset(self.ctx.data, train_transform(self.ctx.training["augment"])),
+                               pass_index)
+
+    # (b) -------------------------------------------------------------------------------------
+    def prepare(self, batch: dict) -> dict:
+        return {k: v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()}
+
+    # (d, e) ----------------------------------------------------------------------------------
+    def loss(self, student: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+class ManifestBatches:
+    """A sized iterable of ``{"image", "label"}`` batches for one pass over a manifest dataset.
+
+    The order is a permutation seeded by ``(seed, pass)``; each rank takes every
+    ``world_size``-th index, and the per-rank batch is the global batch divided by the world size,
+    so the global batch follows the config whatever the number of processes.
+    """
+
+    def __init__(self, ctx: MethodContext, dataset, pass_index: int):
+        self.ctx = ctx
+        self.dataset = dataset
+        self.pass_index = pass_index
+        global_batch = ctx.training["batch_size"]
+        if global_batch % ctx.world_size:
+            raise ValueError(f"batch_size {global_batch} is not divisible by {ctx.world_size} processes")
+        self.batch = global_batch // ctx.world_size
+        order = np.random.default_rng(pass_seed(ctx.seed, pass_index)).permutation(len(dataset))
+        usable = len(order) - len(order) % ctx.world_size
+        self.indices = order[:usable][ctx.rank::ctx.world_size].tolist()
+        self.drop_last = len(self.indices) > self.batch
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch if self.drop_last else -(-n // self.batch)
+
+    def __iter__(self) -> Iterator[dict]:
+        generator = torch.Generator().manual_seed(pass_seed(self.ctx.seed, self.pass_index, stream=1))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.dataset, self.indices),
+            batch_size=self.batch,
+            shuffle=False,
+            drop_last=self.drop_last,
+            num_workers=self.ctx.training["workers"],
+            generator=generator,
+            pin_memory=self.ctx.device.type == "cuda",
+        )
+        for images, labels in loader:
+            yield {"image": images, "label": labels}

@@ -1,0 +1,67 @@
+"""The pretrain job: one run of any method -> an exported student (safetensors with metadata)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdflow.data.imagefolder import read_manifest
+from kdflow.distill.base import get_method
+from kdflow.io import hash_data, write_json
+from kdflow.jobs.common import metrics_record
+from kdflow.models.checkpoints import save_weights
+from kdflow.models.network import InputSpec, Network
+from kdflow.models.teacher import load_teacher
+from kdflow.provenance import Provenance
+from kdflow.train import distributed
+from kdflow.train.run import train
+
+
+def student_metadata(net: Network, run: dict, config_hash: str, epochs: int) -> dict:
+    return {
+        "kind": "student",
+        "run": run["name"],
+        "method": run["method"],
+        "arch": net.arch,
+        "naming": "timm",
+        "num_features": net.num_features,
+        "input": net.input_spec.as_dict(),
+        "channel_order": net.input_spec.channel_order,
+        "config_hash": config_hash,
+        "epochs": epochs,
+        "teacher": run.get("teacher", {}).get("name"),
+    }
+
+
+def pretrain(run: dict, manifest_path: str | Path, out_dir: str | Path, state_dir: str | Path,
+             teacher_path: str | Path | None = None, svd_path: str | Path | None = None) -> dict:
+    """``run`` is a resolved pre-training run (kdflow.config.resolve_run)."""
+    out_dir = Path(out_dir)
+    training = run["training"]
+    config_hash = hash_data(run)
+    prov = Provenance("pretrain", name=run["name"], config=run, seeds={"training": training["seed"]},
+                      threads=torch.get_num_threads())
+    prov.add_inputs([p for p in (manifest_path, teacher_path, svd_path) if p])
+    dist = distributed.setup()
+    data = read_manifest(manifest_path)
+    method = get_method(run["method"])
+    torch.manual_seed(training["seed"])
+    student = Network(run["student"]["arch"], num_classes=data.num_classes if method.needs_head else 0,
+                      input_spec=InputSpec.from_config(run["student"].get("input")))
+    teacher = load_teacher(teacher_path) if teacher_path else None
+    artefacts = {"svd": svd_path, "student_width": student.num_features}
+    result = train(run["method"], student, data, training, seed=training["seed"], run_dir=out_dir,
+                   state_dir=state_dir, config_hash=config_hash, dist=dist, teacher=teacher,
+                   options=run.get(run["method"], {}), artefacts=artefacts, desc=f"pretrain {run['name']}")
+    if dist.rank == 0:
+        student = student.cpu()
+        save_weights(out_dir / "student.safetensors", student.backbone_state_dict(),
+                     student_metadata(student, run, config_hash, result["epochs"]))
+        last = result["rows"][-1]
+        metrics = [{"metric": "train_loss", "value": last["loss"], "checkpoint": "final"}]
+        write_json(out_dir / "metrics.json", metrics_record("pretrain", run["data"]["name"], run["name"],
+                                                            training["seed"], metrics, config_hash=config_hash))
+        prov.write(out_dir / "provenance.json", extra={"epochs": result["epochs"], "passes": result["passes"]})
+    distributed.teardown()
+    return result

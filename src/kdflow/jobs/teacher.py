@@ -1,0 +1,71 @@
+"""The teacher job: any teacher source -> ``teachers/<name>/model.safetensors``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdflow.data.imagefolder import read_manifest, split_manifest
+from kdflow.io import hash_data, write_json
+from kdflow.jobs.common import metrics_record
+from kdflow.models import teacher as sources
+from kdflow.models.network import InputSpec, Network
+from kdflow.provenance import Provenance
+from kdflow.train import distributed
+from kdflow.train.evaluate import top1
+from kdflow.train.run import train
+
+
+def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifest_path: str | Path | None = None) -> dict:
+    """``cfg`` is a resolved teacher entry (kdflow.config.resolve_teacher)."""
+    out_dir = Path(out_dir)
+    name = cfg["name"]
+    prov = Provenance("teacher", name=name, config=cfg, seeds=_seeds(cfg), threads=torch.get_num_threads())
+    extra: dict = {}
+    metrics: list[dict] = []
+    dist = distributed.setup()
+    if "pretrained" in cfg:
+        net, source = sources.from_pretrained(cfg), "timm_pretrained"
+    elif "checkpoint" in cfg:
+        (net, extra), source = sources.from_checkpoint(cfg), "checkpoint"
+        prov.add_inputs([cfg["checkpoint"]["path"]])
+    elif "random_init" in cfg:
+        net, source = sources.from_random_init(cfg), "random_init"
+    else:
+        net, metrics = _train_teacher(cfg, out_dir, state_dir, manifest_path, dist, prov)
+        source = "trained"
+    if dist.rank == 0:
+        sources.save_teacher(out_dir / "model.safetensors", net.cpu(), name, source, extra)
+        write_json(out_dir / "metrics.json", metrics_record("teacher", None, name, _seeds(cfg).get("training"), metrics))
+        prov.write(out_dir / "provenance.json", extra={"source": source, **extra})
+    return {"source": source, "metrics": metrics}
+
+
+def _seeds(cfg: dict) -> dict:
+    if "random_init" in cfg:
+        return {"init": cfg["random_init"]["seed"]}
+    if "train" in cfg:
+        return {"training": cfg["train"]["training"]["seed"]}
+    return {}
+
+
+def _train_teacher(cfg, out_dir, state_dir, manifest_path, dist, prov):
+    training = cfg["train"]["training"]
+    data = read_manifest(manifest_path)
+    prov.add_inputs([manifest_path])
+    dataset = cfg["train"]["data"]["dataset"]
+    val = split_manifest(dataset["root"], dataset["val_split"])
+    if val.classes != data.classes:
+        raise ValueError(f"teacher {cfg['name']!r}: val classes of {dataset['root']} differ from its train classes")
+    torch.manual_seed(training["seed"])
+    net = Network(cfg["arch"], num_classes=data.num_classes, input_spec=InputSpec.from_config(cfg.get("input")))
+
+    def evaluate(model):
+        return {"val_top1": round(top1(model, val, training["eval"], dist.device, workers=training["workers"]), 4)}
+
+    result = train("supervised", net, data, training, seed=training["seed"], run_dir=out_dir,
+                   state_dir=state_dir, config_hash=hash_data(cfg), dist=dist, evaluate=evaluate,
+                   desc=f"teacher {cfg['name']}")
+    last = result["rows"][-1]
+    return net, [{"metric": "val_top1", "value": last["val_top1"], "checkpoint": "final"}]

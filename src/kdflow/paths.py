@@ -1,0 +1,76 @@
+"""Where every artefact lives under the results root: the one layout the Snakefile and the
+hand-run scripts share. Pass wildcard strings (``"{run}"``) to get Snakemake patterns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _p(*parts) -> str:
+    return str(Path(*map(str, parts)))
+
+
+def demo_dataset(results, name) -> str:
+    return _p(results, "data", "demo", name)
+
+
+def subset_manifest(results, subset) -> str:
+    return _p(results, "subsets", f"{subset}.tsv")
+
+
+def subset_symlinks(results, subset) -> str:
+    return _p(results, "subsets", subset)
+
+
+def teacher_dir(results, teacher) -> str:
+    return _p(results, "teachers", teacher)
+
+
+def teacher_weights(results, teacher) -> str:
+    return _p(teacher_dir(results, teacher), "model.safetensors")
+
+
+def teacher_metrics(results, teacher) -> str:
+    return _p(teacher_dir(results, teacher), "metrics.json")
+
+
+def svd_file(results, teacher, subset) -> str:
+    return _p(results, "svd", teacher, f"{subset}.safetensors")
+
+
+def pretrain_dir(results, run) -> str:
+    return _p(results, "pretrain", run)
+
+
+def student_weights(results, run) -> str:
+    return _p(pretrain_dir(results, run), "student.safetensors")
+
+
+def pretrain_metrics(results, run) -> str:
+    return _p(pretrain_dir(results, run), "metrics.json")
+
+
+def transfer_dir(results, task, dataset, run, seed) -> str:
+    return _p(results, "transfer", task, dataset, run, f"seed{seed}")
+
+
+def transfer_metrics(results, task, dataset, run, seed) -> str:
+    return _p(transfer_dir(results, task, dataset, run, seed), "metrics.json")
+
+
+def table(results, name, ext) -> str:
+    return _p(results, "tables", f"{name}.{ext}")
+
+
+def state_dir(results, stage, *names) -> str:
+    """Resumable training state: beside the results, never a declared output (Snakemake's
+    clean-up of a failed job must not delete it)."""
+    return _p(results, "state", stage, *map(str, names))
+
+
+def log_file(results, stage, *names) -> str:
+    return _p(results, "logs", stage, *map(str, names[:-1]), f"{names[-1]}.log")
+
+
+def benchmark_file(results, stage, *names) -> str:
+    return _p(results, "benchmarks", stage, *map(str, names[:-1]), f"{names[-1]}.tsv")

@@ -1,0 +1,200 @@
+"""The one generic trainer.
+
+It runs any ``Method`` (kdflow.distill) on a student: per-step learning rate from the schedule
+(evaluated at the fractional nominal epoch, so methods that count a pass as several epochs see
+the same schedule as plain training), AMP and channels_last on CUDA, DDP under torchrun, a
+progress bar, one ``log.csv`` row per pass, and a resumable state saved atomically at the end of
+every pass. A killed job re-run continues from its last saved pass and ends with the same weights
+as an uninterrupted run: every pass re-seeds its randomness from (seed, pass).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdflow.distill.base import Method, pass_seed
+from kdflow.io import write_text, write_with
+from kdflow.train import distributed
+
+STATE_FILE = "last.pt"
+
+
+class StateMismatch(RuntimeError):
+    pass
+
+
+def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
+    if optim["name"] != "sgd":
+        raise ValueError(f"unknown optimizer {optim['name']!r}")
+    return torch.optim.SGD(params, lr=optim["lr"], momentum=optim["momentum"],
+                           nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
+
+
+def lr_at(epoch: float, base_lr: float, schedule: dict, total_epochs: int) -> float:
+    """Learning rate at a fractional nominal epoch."""
+    warmup = schedule["warmup_epochs"]
+    if warmup > 0 and epoch < warmup:
+        return base_lr * (epoch + 1e-12) / warmup
+    name = schedule["name"]
+    if name == "constant":
+        return base_lr
+    if name == "step":  # KDEP / robustness: x gamma every step_epochs (whole epochs)
+        return base_lr * schedule["gamma"] ** int(math.floor(epoch + 1e-9) // schedule["step_epochs"])
+    if name == "cosine":
+        span = max(total_epochs - warmup, 1e-12)
+        return 0.5 * base_lr * (1 + math.cos(math.pi * min(max(epoch - warmup, 0) / span, 1.0)))
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, method: Method, training: dict, run_dir: str | Path,
+                 state_dir: str | Path, config_hash: str, evaluate: Callable[[nn.Module], dict] | None = None,
+                 desc: str = "train"):
+        self.model = model
+        self.method = method
+        self.training = training
+        self.run_dir = Path(run_dir)
+        self.state_path = Path(state_dir) / STATE_FILE
+        self.config_hash = config_hash
+        self.evaluate = evaluate
+        self.desc = desc
+        self.ctx = method.ctx
+        self.device = self.ctx.device
+        self.rows: list[dict] = []
+
+    # --------------------------------------------------------------------------- setup
+    def _prepare_model(self) -> nn.Module:
+        model = self.model.to(self.device)
+        cuda = self.device.type == "cuda"
+        if cuda and self.training["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        if self.ctx.world_size > 1:
+            if self.training["sync_bn"]:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if cuda else None)
+        return model
+
+    def _trainable(self) -> dict[str, nn.Module]:
+        return {"student": self.model, **self.method.trainable_modules()}
+
+    # --------------------------------------------------------------------------- state
+    def _load_state(self, optimizer) -> int:
+        if not self.state_path.is_file():
+            return 0
+        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        if state["config_hash"] != self.config_hash:
+            raise StateMismatch(
+                f"{self.state_path} belongs to a run with a different config (hash "
+                f"{state['config_hash'][:12]} vs {self.config_hash[:12]}); delete it to start over"
+            )
+        for name, module in self._trainable().items():
+            module.load_state_dict(state["modules"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        self.rows = state["rows"]
+        return state["passes_done"]
+
+    def _save_state(self, optimizer, passes_done: int) -> None:
+        if self.ctx.rank != 0:
+            return
+        state = {
+            "config_hash": self.config_hash,
+            "passes_done": passes_done,
+            "modules": {name: m.state_dict() for name, m in self._trainable().items()},
+            "optimizer": optimizer.state_dict(),
+            "rows": self.rows,
+        }
+        write_with(self.state_path, lambda tmp: torch.save(state, tmp))
+
+    def _write_log(self) -> None:
+        if self.ctx.rank != 0 or not self.rows:
+            return
+        fields = list(dict.fromkeys(k for row in self.rows for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.run_dir / "log.csv", buf.getvalue())
+
+    # --------------------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        passes = self.method.passes(self.training["epochs"])
+        total_epochs = sum(passes)
+        wrapped = self._prepare_model()
+        params = [p for m in self._trainable().values() for p in m.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.training["optim"])
+        start = self._load_state(optimizer)
+        for group in optimizer.param_groups:  # optimizer state was loaded on the CPU
+            for p in group["params"]:
+                for k, v in optimizer.state.get(p, {}).items():
+                    if torch.is_tensor(v):
+                        optimizer.state[p][k] = v.to(self.device)
+        if start:
+            print(f"[{self.desc}] resuming after pass {start}/{len(passes)} from {self.state_path}", flush=True)
+        use_amp = self.training["amp"] and self.device.type == "cuda"
+        for p in range(start, len(passes)):
+            epoch0 = float(sum(passes[:p]))
+            torch.manual_seed(pass_seed(self.ctx.seed, p, stream=2))
+            row = self._run_pass(wrapped, optimizer, p, epoch0, passes[p], total_epochs, use_amp)
+            is_last = p == len(passes) - 1
+            every = self.training["eval_every"]
+            if self.evaluate is not None and self.ctx.rank == 0 and (
+                    is_last or (every and round(epoch0 + passes[p]) % every == 0)):
+                self.model.eval()
+                row.update(self.evaluate(self.model))
+            self.rows.append(row)
+            self._write_log()
+            self._save_state(optimizer, p + 1)
+            distributed.barrier()
+        return {"rows": self.rows, "epochs": total_epochs, "passes": len(passes)}
+
+    def _run_pass(self, wrapped, optimizer, p, epoch0, span, total_epochs, use_amp) -> dict:
+        from tqdm import tqdm
+
+        self.model.train()
+        for module in self.method.trainable_modules().values():
+            module.train()
+        batches = self.method.loader(p)
+        steps = len(batches)
+        base_lr = self.training["optim"]["lr"]
+        sums: dict[str, float] = {}
+        seen = 0
+        started = time.time()
+        bar = tqdm(total=steps, desc=f"{self.desc} epoch {epoch0 + span:g}/{total_epochs}",
+                   disable=self.ctx.rank != 0, mininterval=5, leave=False)
+        for i, batch in enumerate(batches):
+            lr = lr_at(epoch0 + span * i / max(steps, 1), base_lr, self.training["schedule"], total_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = self.method.prepare(batch)
+            if self.device.type == "cuda" and self.training["channels_last"]:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, logs = self.method.loss(wrapped, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{self.desc}] non-finite loss {loss.item()} at pass {p}, step {i}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = batch["image"].shape[0]
+            seen += n
+            for key, value in {"loss": loss.detach(), **logs}.items():
+                # kept as tensors: no host-device sync per step on CUDA
+                sums[key] = sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value) * n
+            bar.update(1)
+        bar.close()
+        seconds = time.time() - started
+        row = {"epoch": epoch0 + span, "pass": p + 1, "lr": lr_at(epoch0, base_lr, self.training["schedule"], total_epochs)}
+        row.update({k: round(float(v) / max(seen, 1), 6) for k, v in sums.items()})
+        row.update({"images": seen * self.ctx.world_size, "seconds": round(seconds, 3),
+                    "images_per_s": round(seen * self.ctx.world_size / max(seconds, 1e-9), 2)})
+        print(f"[{self.desc}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        return row

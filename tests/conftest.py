@@ -1,0 +1,64 @@
+"""Shared fixtures. Tests never touch the network: the hub is forced offline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """A console script of the test interpreter's environment (snakemake, snakefmt)."""
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed in {BIN} nor on PATH; install requirements-test.txt")
+    return found
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+def make_imagefolder(root: Path, classes: dict[str, int], split: str = "train", size: int = 8) -> Path:
+    """Tiny real JPEG ImageFolder: ``{class: n_images}``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, n in classes.items():
+        folder = root / split / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            pixels = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{cls}_{k:03d}.JPEG")
+    return root
+
+
+def write_config(src: Path, dest_dir: Path, **overrides) -> Path:
+    """Copy a config with ``results`` (and other top-level keys) overridden."""
+    import yaml
+
+    cfg = yaml.safe_load(src.read_text())
+    cfg["results"] = str(dest_dir / "results")
+    cfg.update(overrides)
+    dest = dest_dir / src.name
+    dest.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    return write_config(REPO / "tests" / "data" / "tiny_config.yaml", tmp_path)

@@ -1,0 +1,92 @@
+"""ImageNet subsets: deterministic whatever the listing order; clear errors naming the culprit."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import make_imagefolder
+from kdflow.data.imagefolder import DatasetError, read_manifest, write_manifest
+from kdflow.data.subset import make_subset, materialise_symlinks
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_imagefolder(tmp_path / "ds", {"n01": 12, "n02": 9, "n03": 15})
+
+
+def _paths(manifest):
+    return [(s.path, s.cls, s.index) for s in manifest.samples]
+
+
+def test_subset_is_independent_of_listing_order(dataset, monkeypatch):
+    reference = make_subset(dataset, per_class=5, seed=7)
+    original_iterdir = Path.iterdir
+
+    for trial in range(3):
+        shuffler = random.Random(trial)
+
+        def shuffled_iterdir(self):
+            entries = list(original_iterdir(self))
+            shuffler.shuffle(entries)
+            return iter(entries)
+
+        monkeypatch.setattr(Path, "iterdir", shuffled_iterdir)
+        again = make_subset(dataset, per_class=5, seed=7)
+        monkeypatch.setattr(Path, "iterdir", original_iterdir)
+        assert _paths(again) == _paths(reference)
+
+    assert len(reference) == 15
+    assert {s.cls for s in reference.samples} == {"n01", "n02", "n03"}
+    assert [s.index for s in reference.samples if s.cls == "n02"] == [1] * 5
+
+
+def test_seed_changes_selection_and_fraction_keeps_balance(dataset):
+    a = make_subset(dataset, per_class=5, seed=0)
+    b = make_subset(dataset, per_class=5, seed=1)
+    assert _paths(a) != _paths(b)
+    frac = make_subset(dataset, fraction=0.5, seed=0)
+    counts = {c: sum(s.cls == c for s in frac.samples) for c in ("n01", "n02", "n03")}
+    assert counts == {"n01": 6, "n02": 4, "n03": 8}  # round(0.5 * n) per class (9 * 0.5 rounds to even)
+
+
+def test_manifest_round_trip_and_symlinks(dataset, tmp_path):
+    manifest = make_subset(dataset, per_class=3, seed=0)
+    write_manifest(tmp_path / "m.tsv", manifest)
+    back = read_manifest(tmp_path / "m.tsv")
+    assert _paths(back) == _paths(manifest)
+    assert back.classes == ["n01", "n02", "n03"] and back.root == dataset
+    tree = materialise_symlinks(back, tmp_path / "links")
+    links = sorted(p for p in tree.rglob("*.JPEG"))
+    assert len(links) == 9 and all(p.is_symlink() and p.resolve().is_file() for p in links)
+
+
+def test_missing_root_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="dataset root not found: .*nowhere"):
+        make_subset(tmp_path / "nowhere", per_class=1)
+
+
+def test_empty_class_folder_is_named(dataset):
+    (dataset / "train" / "n04").mkdir()
+    with pytest.raises(DatasetError, match=r"class folder .*n04 contains no images"):
+        make_subset(dataset, per_class=1)
+
+
+def test_class_with_too_few_images_is_named(dataset):
+    with pytest.raises(DatasetError) as err:
+        make_subset(dataset, per_class=10)
+    message = str(err.value)
+    assert "n02 has 9 images, 10 asked" in message
+    assert "n01" not in message.replace(str(dataset), "")  # only the short class is blamed
+
+
+def test_corrupt_image_is_reported_with_its_path(dataset):
+    from kdflow.data.imagefolder import ManifestDataset, split_manifest
+
+    bad = dataset / "train" / "n01" / "n01_000.JPEG"
+    bad.write_bytes(b"not a jpeg")
+    ds = ManifestDataset(split_manifest(dataset, "train"))
+    with pytest.raises(DatasetError, match=f"cannot read image {bad}"):
+        ds[0]

@@ -1,0 +1,46 @@
+"""Rule pretrain: one pre-training run (kdep, supervised, ...) -> pretrain/<run>/student.safetensors.
+
+Resumable: the training state lives in <results>/state/pretrain/<run>/ and a re-run continues
+from the last completed epoch.
+
+By hand:  python workflow_scripts/pretrain.py --config config/config.yaml --run kdep_r18_r18_in48 --threads 2
+Multi-process:  torchrun --nproc-per-node N workflow_scripts/pretrain.py --config ... --run ...
+"""
+
+import argparse
+
+from kdflow import paths
+from kdflow.config import load_config, resolve_run, svd_subset_of
+from kdflow.jobs.common import script_main
+from kdflow.jobs.pretrain import pretrain
+
+
+def from_snakemake(smk):
+    return argparse.Namespace(run=smk.params.run, manifest=smk.input.manifest, out_dir=smk.params.out_dir,
+                              state=smk.params.state, teacher=smk.input.get("teacher"), svd=smk.input.get("svd"))
+
+
+def from_cli():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run", required=True, help="name of an entry under pretrain:")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    results = cfg["results"]
+    run = resolve_run(cfg, args.run)
+    teacher = run.get("teacher", {}).get("name")
+    return argparse.Namespace(
+        run=run, manifest=paths.subset_manifest(results, run["data"]["name"]),
+        out_dir=paths.pretrain_dir(results, args.run), state=paths.state_dir(results, "pretrain", args.run),
+        teacher=paths.teacher_weights(results, teacher) if teacher else None,
+        svd=paths.svd_file(results, teacher, svd_subset_of(cfg, args.run)) if run["method"] == "kdep" else None,
+        threads=args.threads)
+
+
+def run(args):
+    pretrain(args.run, args.manifest, args.out_dir, args.state, teacher_path=args.teacher, svd_path=args.svd)
+
+
+if __name__ == "__main__":
+    script_main(globals(), from_snakemake, from_cli, run)

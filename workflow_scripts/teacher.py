@@ -1,0 +1,41 @@
+"""Rule teacher: turn a configured teacher (timm pretrained, local file, random init, or trained
+by the pipeline) into teachers/<name>/model.safetensors.
+
+By hand:  python workflow_scripts/teacher.py --config config/config.yaml --teacher demo_r18 --threads 2
+"""
+
+import argparse
+from pathlib import Path
+
+from kdflow import paths
+from kdflow.config import load_config, resolve_teacher
+from kdflow.jobs.common import script_main
+from kdflow.jobs.teacher import build_teacher
+
+
+def from_snakemake(smk):
+    return argparse.Namespace(teacher=smk.params.teacher, out_dir=Path(smk.output.weights).parent,
+                              state=smk.params.state, manifest=smk.input.get("manifest"))
+
+
+def from_cli():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--teacher", required=True, help="name of an entry under teachers:")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    teacher = resolve_teacher(cfg, args.teacher)
+    results = cfg["results"]
+    manifest = paths.subset_manifest(results, teacher["train"]["data"]["name"]) if "train" in teacher else None
+    return argparse.Namespace(teacher=teacher, out_dir=paths.teacher_dir(results, args.teacher),
+                              state=paths.state_dir(results, "teacher", args.teacher), manifest=manifest,
+                              threads=args.threads)
+
+
+def run(args):
+    build_teacher(args.teacher, args.out_dir, args.state, args.manifest)
+
+
+if __name__ == "__main__":
+    script_main(globals(), from_snakemake, from_cli, run)
