@@ -28,8 +28,12 @@ wildcard_constraints:
 
 
 def final_targets():
-    targets = [paths.table(R, "classification", ext) for ext in ("md", "csv")]
-    return targets if TRANSFER_JOBS else []
+    """Every transfer result, and the tables built from them. The results are targets in their
+    own right, so a deleted metrics.json is re-made (and only it, then the tables)."""
+    if not TRANSFER_JOBS:
+        return []
+    tables = [paths.table(R, "classification", ext) for ext in ("md", "csv")]
+    return classification_metrics(None) + tables
 
 
 def dataset_folder(name):

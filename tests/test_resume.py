@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import REPO, write_config
+from conftest import REPO
 from kdflow.config import load_config, resolve_subset
 from kdflow.jobs.data import demo_data, imagenet_subset
 from kdflow import paths
@@ -38,40 +39,47 @@ def _command(cfg_path):
             "--run", "sup", "--threads", "1"]
 
 
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
-    epochs = 8
-    ref_cfg, ref = _prepare(tmp_path, "reference", epochs)
-    subprocess.run(_command(ref_cfg), check=True, capture_output=True, timeout=600)
-
-    cfg_path, cfg = _prepare(tmp_path, "killed", epochs)
-    log_csv = tmp_path / "killed" / "results" / "pretrain" / "sup" / "log.csv"
+def _kill_after_epochs(cfg_path, log_csv, epochs_done: int) -> int:
+    """Start the pre-training script and SIGKILL it once ``epochs_done`` epochs are logged."""
     proc = subprocess.Popen(_command(cfg_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (log_csv.exists() and len(log_csv.read_text().splitlines()) >= 3) and time.time() < deadline:
+    while not (log_csv.exists() and len(log_csv.read_text().splitlines()) > epochs_done):
         assert proc.poll() is None, "training finished before it could be killed"
+        assert time.time() < deadline, "training made no progress"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before_kill = len(log_csv.read_text().splitlines()) - 1
+    return len(log_csv.read_text().splitlines()) - 1
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
+    epochs = 8
+    ref_cfg, _ = _prepare(tmp_path, "reference", epochs)
+    subprocess.run(_command(ref_cfg), check=True, capture_output=True, timeout=600)
+
+    cfg_path, _ = _prepare(tmp_path, "killed", epochs)
+    run_dir = tmp_path / "killed" / "results" / "pretrain" / "sup"
+    done_before_kill = _kill_after_epochs(cfg_path, run_dir / "log.csv", 2)
     assert 2 <= done_before_kill < epochs
-    student = tmp_path / "killed" / "results" / "pretrain" / "sup" / "student.safetensors"
-    assert not student.exists()
+    assert not (run_dir / "student.safetensors").exists()
 
     rerun = subprocess.run(_command(cfg_path), check=True, capture_output=True, text=True, timeout=600)
-    assert f"resuming after pass {done_before_kill}/{epochs}" in rerun.stdout + rerun.stderr
+    resumed_at = int(re.search(r"resuming after pass (\d+)/8", rerun.stdout + rerun.stderr).group(1))
+    assert done_before_kill <= resumed_at < epochs  # the state is saved before the log row
 
     reference = load_file(tmp_path / "reference" / "results" / "pretrain" / "sup" / "student.safetensors")
-    resumed = load_file(student)
+    resumed = load_file(run_dir / "student.safetensors")
     assert reference.keys() == resumed.keys()
     for key in reference:
         assert reference[key].equal(resumed[key]), key
-    rows = log_csv.read_text().splitlines()
-    assert len(rows) == epochs + 1  # one row per epoch, none duplicated by the restart
+    assert len((run_dir / "log.csv").read_text().splitlines()) == epochs + 1  # no duplicated rows
+    state = tmp_path / "killed" / "results" / "state" / "pretrain" / "sup" / "last.pt"
+    assert not state.exists()  # discarded once the outputs were written
 
 
 def test_changed_config_refuses_stale_state(tmp_path):
-    cfg_path, cfg = _prepare(tmp_path, "run", 2)
-    subprocess.run(_command(cfg_path), check=True, capture_output=True, timeout=600)
+    cfg_path, _ = _prepare(tmp_path, "run", 8)
+    _kill_after_epochs(cfg_path, tmp_path / "run" / "results" / "pretrain" / "sup" / "log.csv", 1)
     raw = yaml.safe_load(cfg_path.read_text())
     raw["pretrain"]["sup"]["training"]["optim"]["lr"] = 0.5
     cfg_path.write_text(yaml.safe_dump(raw))

@@ -16,6 +16,7 @@ from kdflow.models.teacher import load_teacher
 from kdflow.provenance import Provenance
 from kdflow.train import distributed
 from kdflow.train.run import train
+from kdflow.train.trainer import discard_state
 
 
 def student_metadata(net: Network, run: dict, config_hash: str, epochs: int) -> dict:
@@ -63,5 +64,6 @@ def pretrain(run: dict, manifest_path: str | Path, out_dir: str | Path, state_di
         write_json(out_dir / "metrics.json", metrics_record("pretrain", run["data"]["name"], run["name"],
                                                             training["seed"], metrics, config_hash=config_hash))
         prov.write(out_dir / "provenance.json", extra={"epochs": result["epochs"], "passes": result["passes"]})
+        discard_state(state_dir)
     distributed.teardown()
     return result

@@ -15,6 +15,7 @@ from kdflow.provenance import Provenance
 from kdflow.train import distributed
 from kdflow.train.evaluate import top1
 from kdflow.train.run import train
+from kdflow.train.trainer import discard_state
 
 
 def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifest_path: str | Path | None = None) -> dict:
@@ -39,6 +40,7 @@ def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifes
         sources.save_teacher(out_dir / "model.safetensors", net.cpu(), name, source, extra)
         write_json(out_dir / "metrics.json", metrics_record("teacher", None, name, _seeds(cfg).get("training"), metrics))
         prov.write(out_dir / "provenance.json", extra={"source": source, **extra})
+        discard_state(state_dir)
     return {"source": source, "metrics": metrics}
 
 

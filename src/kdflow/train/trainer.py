@@ -31,6 +31,14 @@ class StateMismatch(RuntimeError):
     pass
 
 
+def discard_state(state_dir: str | Path) -> None:
+    """Called by a job once its outputs are written: the resumable state has served its purpose
+    (it holds the optimizer's moments too, about twice the size of the weights)."""
+    path = Path(state_dir) / STATE_FILE
+    if path.exists():
+        path.unlink()
+
+
 def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
     if optim["name"] != "sgd":
         raise ValueError(f"unknown optimizer {optim['name']!r}")
@@ -151,8 +159,8 @@ class Trainer:
                 self.model.eval()
                 row.update(self.evaluate(self.model))
             self.rows.append(row)
+            self._save_state(optimizer, p + 1)  # state first: the log never runs ahead of it
             self._write_log()
-            self._save_state(optimizer, p + 1)
             distributed.barrier()
         return {"rows": self.rows, "epochs": total_epochs, "passes": len(passes)}
 

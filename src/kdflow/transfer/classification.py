@@ -23,6 +23,7 @@ from kdflow.provenance import Provenance
 from kdflow.train import distributed
 from kdflow.train.evaluate import top1
 from kdflow.train.run import train
+from kdflow.train.trainer import discard_state
 
 NO_NORMALISATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
@@ -91,5 +92,6 @@ def finetune(run: dict, dataset: dict, protocol: dict, seed: int, out_dir: str |
     if dist.rank == 0:
         write_json(out_dir / "metrics.json", record)
         prov.write(out_dir / "provenance.json", extra={"load": load_report, "epochs": result["epochs"]})
+        discard_state(state_dir)
     distributed.teardown()
     return record
