@@ -113,3 +113,11 @@ def test_student_export_has_metadata_and_no_head(tmp_path):
     weights = read_weights(tmp_path / "s.safetensors")
     assert weights.metadata["arch"] == "test_resnet" and weights.metadata["input"]["channel_order"] == "RGB"
     assert not any(k.startswith("fc.") for k in weights.state_dict)
+
+
+def test_pretrained_teacher_offline_gives_a_clear_message(monkeypatch):
+    from kdflow.models.teacher import from_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="'test_resnet' are not in the local Hugging Face cache"):
+        from_pretrained({"name": "hub_teacher", "arch": "test_resnet", "input": {}})

@@ -36,7 +36,7 @@ def _prepare(tmp_path, name, epochs):
 
 def _command(cfg_path):
     return [sys.executable, str(REPO / "workflow_scripts" / "pretrain.py"), "--config", str(cfg_path),
-            "--run", "sup", "--threads", "1"]
+            "--run-id", "sup", "--threads", "1"]
 
 
 def _kill_after_epochs(cfg_path, log_csv, epochs_done: int) -> int:

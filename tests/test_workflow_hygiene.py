@@ -64,3 +64,20 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```bash\n(.+?)\n```", readme)
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (REPO / ".ci" / "run").read_text()
+
+
+def test_every_workflow_script_runs_by_hand():
+    import sys
+
+    for script in sorted((REPO / "workflow_scripts").glob("*.py")):
+        out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "--config" in out.stdout, f"{script.name}: {out.stderr[-2000:]}"
+
+
+def test_kdflow_cli_validates_the_demo_config():
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "kdflow", "validate", str(REPO / "config" / "config.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "kdep_r18_r18_in48" in out.stdout and "scratch" in out.stdout

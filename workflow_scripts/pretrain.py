@@ -3,8 +3,8 @@
 Resumable: the training state lives in <results>/state/pretrain/<run>/ and a re-run continues
 from the last completed epoch.
 
-By hand:  python workflow_scripts/pretrain.py --config config/config.yaml --run kdep_r18_r18_in48 --threads 2
-Multi-process:  torchrun --nproc-per-node N workflow_scripts/pretrain.py --config ... --run ...
+By hand:  python workflow_scripts/pretrain.py --config config/config.yaml --run-id kdep_r18_r18_in48 --threads 2
+Multi-process:  torchrun --standalone --nproc-per-node N workflow_scripts/pretrain.py --config ... --run-id ...
 """
 
 import argparse
@@ -23,7 +23,7 @@ def from_snakemake(smk):
 def from_cli():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--run", required=True, help="name of an entry under pretrain:")
+    parser.add_argument("--run-id", dest="run", required=True, help="name of an entry under pretrain:")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     cfg = load_config(args.config)

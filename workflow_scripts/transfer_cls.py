@@ -1,7 +1,7 @@
 """Rule transfer_cls: fine-tune one pre-trained run on one downstream dataset with one seed.
 
 By hand:  python workflow_scripts/transfer_cls.py --config config/config.yaml \
-              --dataset demo_shapes --run kdep_r18_r18_in48 --seed 0 --threads 1
+              --dataset demo_shapes --run-id kdep_r18_r18_in48 --seed 0 --threads 1
 """
 
 import argparse
@@ -25,7 +25,7 @@ def from_cli():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--run", required=True)
+    parser.add_argument("--run-id", dest="run", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
