@@ -42,13 +42,22 @@ def dataset_folder(name):
     return [paths.demo_dataset(R, ds["demo"])] if "demo" in ds else []
 
 
+def dataset_folder_of(wildcards):
+    return dataset_folder(wildcards.dataset)
+
+
+def prepared(dataset):
+    """The train/test manifests every consumer of a dataset reads."""
+    return {split: paths.dataset_manifest(R, dataset, split) for split in ("train", "test")}
+
+
 # ---------------------------------------------------------------- data
 def demo_spec(wildcards):
     return CFG["demo"][wildcards.demo]
 
 
-def subset_inputs(wildcards):
-    return dataset_folder(CFG["subsets"][wildcards.subset]["dataset"])
+def subset_source(wildcards):
+    return paths.dataset_manifest(R, CFG["subsets"][wildcards.subset]["dataset"], "train")
 
 
 def subset_params(wildcards):
@@ -63,7 +72,7 @@ def teacher_inputs(wildcards):
         dataset = CFG["subsets"][subset]["dataset"]
         return {
             "manifest": paths.subset_manifest(R, subset),
-            "dataset": dataset_folder(dataset),
+            "val_manifest": paths.dataset_manifest(R, dataset, "test"),
         }
     if "checkpoint" in teacher:
         return {"checkpoint": teacher["checkpoint"]["path"]}
@@ -111,7 +120,7 @@ def pretrain_state(wildcards):
 
 # ---------------------------------------------------------------- transfer
 def transfer_inputs(wildcards):
-    inputs = {"dataset": dataset_folder(wildcards.dataset)}
+    inputs = prepared(wildcards.dataset)
     if CFG["pretrain"][wildcards.run]["method"] != "scratch":
         inputs["student"] = paths.student_weights(R, wildcards.run)
     return inputs

@@ -1,4 +1,5 @@
-# Data: the built-in synthetic datasets and KDEP-style ImageNet subsets (seeded manifests).
+# Data: the built-in synthetic datasets, every dataset prepared into train/test manifests, and
+# KDEP-style ImageNet subsets (seeded manifests drawn from a train manifest).
 
 
 rule demo_data:
@@ -20,9 +21,31 @@ rule demo_data:
         "../workflow_scripts/demo_data.py"
 
 
+rule prepare_dataset:
+    input:
+        dataset_folder_of,
+    output:
+        train=paths.dataset_manifest(R, "{dataset}", "train"),
+        test=paths.dataset_manifest(R, "{dataset}", "test"),
+    log:
+        paths.log_file(R, "prepare_dataset", "{dataset}"),
+    benchmark:
+        paths.benchmark_file(R, "prepare_dataset", "{dataset}")
+    conda:
+        "../envs/kdflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        dataset=dataset_params,
+    script:
+        "../workflow_scripts/prepare_dataset.py"
+
+
 rule imagenet_subset:
     input:
-        subset_inputs,
+        train=subset_source,
     output:
         manifest=paths.subset_manifest(R, "{subset}"),
     log:

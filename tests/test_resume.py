@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import REPO
-from kdflow.config import load_config, resolve_subset
-from kdflow.jobs.data import demo_data, imagenet_subset
+from kdflow.config import load_config, resolve_dataset, resolve_subset
+from kdflow.jobs.data import demo_data, imagenet_subset, prepare_dataset
 from kdflow import paths
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,11 @@ def _prepare(tmp_path, name, epochs):
     cfg_path = tmp_path / name / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump({**base, "results": str(tmp_path / name / "results")}))
     cfg = load_config(cfg_path)
-    demo_data("tiny_in", cfg["demo"]["tiny_in"], paths.demo_dataset(cfg["results"], "tiny_in"))
-    imagenet_subset(resolve_subset(cfg, "tin_25"), paths.subset_manifest(cfg["results"], "tin_25"))
+    results = cfg["results"]
+    demo_data("tiny_in", cfg["demo"]["tiny_in"], paths.demo_dataset(results, "tiny_in"))
+    manifests = {split: paths.dataset_manifest(results, "tin", split) for split in ("train", "test")}
+    prepare_dataset(resolve_dataset(cfg, "tin"), manifests)
+    imagenet_subset(resolve_subset(cfg, "tin_25"), manifests["train"], paths.subset_manifest(results, "tin_25"))
     return cfg_path, cfg
 
 

@@ -12,7 +12,7 @@ from kdflow.jobs.data import imagenet_subset
 
 
 def from_snakemake(smk):
-    return argparse.Namespace(subset=smk.params.subset, manifest=smk.output.manifest,
+    return argparse.Namespace(subset=smk.params.subset, train=smk.input.train, manifest=smk.output.manifest,
                               symlinks=smk.params.symlinks)
 
 
@@ -22,13 +22,15 @@ def from_cli():
     parser.add_argument("--subset", required=True, help="name of an entry under subsets:")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    return argparse.Namespace(subset=resolve_subset(cfg, args.subset),
+    subset = resolve_subset(cfg, args.subset)
+    return argparse.Namespace(subset=subset,
+                              train=paths.dataset_manifest(cfg["results"], subset["dataset"]["name"], "train"),
                               manifest=paths.subset_manifest(cfg["results"], args.subset),
                               symlinks=paths.subset_symlinks(cfg["results"], args.subset))
 
 
 def run(args):
-    print(imagenet_subset(args.subset, args.manifest, args.symlinks))
+    print(imagenet_subset(args.subset, args.train, args.manifest, args.symlinks))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from kdflow.jobs.teacher import build_teacher
 
 def from_snakemake(smk):
     return argparse.Namespace(teacher=smk.params.teacher, out_dir=Path(smk.output.weights).parent,
-                              state=smk.params.state, manifest=smk.input.get("manifest"))
+                              state=smk.params.state, manifest=smk.input.get("manifest"),
+                              val_manifest=smk.input.get("val_manifest"))
 
 
 def from_cli():
@@ -27,14 +28,18 @@ def from_cli():
     cfg = load_config(args.config)
     teacher = resolve_teacher(cfg, args.teacher)
     results = cfg["results"]
-    manifest = paths.subset_manifest(results, teacher["train"]["data"]["name"]) if "train" in teacher else None
+    manifest = val_manifest = None
+    if "train" in teacher:
+        data = teacher["train"]["data"]
+        manifest = paths.subset_manifest(results, data["name"])
+        val_manifest = paths.dataset_manifest(results, data["dataset"]["name"], "test")
     return argparse.Namespace(teacher=teacher, out_dir=paths.teacher_dir(results, args.teacher),
                               state=paths.state_dir(results, "teacher", args.teacher), manifest=manifest,
-                              threads=args.threads)
+                              val_manifest=val_manifest, threads=args.threads)
 
 
 def run(args):
-    build_teacher(args.teacher, args.out_dir, args.state, args.manifest)
+    build_teacher(args.teacher, args.out_dir, args.state, args.manifest, args.val_manifest)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ TASK = "classification"
 def from_snakemake(smk):
     return argparse.Namespace(run=smk.params.run, dataset=smk.params.dataset, protocol=smk.params.protocol,
                               seed=int(smk.wildcards.seed), out_dir=Path(smk.output.metrics).parent,
-                              state=smk.params.state, student=smk.input.get("student"))
+                              state=smk.params.state, student=smk.input.get("student"),
+                              manifests={"train": smk.input.train, "test": smk.input.test})
 
 
 def from_cli():
@@ -38,11 +39,12 @@ def from_cli():
         protocol=resolve_protocol(cfg, protocol_for(cfg, TASK, args.dataset, args.run, args.seed)),
         seed=args.seed, out_dir=paths.transfer_dir(results, TASK, args.dataset, args.run, args.seed),
         state=paths.state_dir(results, "transfer", TASK, args.dataset, args.run, f"seed{args.seed}"),
-        student=student, threads=args.threads)
+        student=student, threads=args.threads,
+        manifests={split: paths.dataset_manifest(results, args.dataset, split) for split in ("train", "test")})
 
 
 def run(args):
-    finetune(args.run, args.dataset, args.protocol, args.seed, args.out_dir, args.state, args.student)
+    finetune(args.run, args.dataset, args.protocol, args.seed, args.out_dir, args.state, args.manifests, args.student)
 
 
 if __name__ == "__main__":

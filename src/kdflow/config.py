@@ -256,7 +256,7 @@ def check_dataset_roots(cfg: dict, names) -> None:
         if not root.is_dir():
             problems.append(f"config.datasets.{name}.root: folder {root} does not exist")
             continue
-        for key in ("train_split", "val_split"):
+        for key in ("train_split", "val_split") if ds["format"] == "imagefolder" else ():
             if not (root / ds[key]).is_dir():
                 problems.append(f"config.datasets.{name}.{key}: folder {root / ds[key]} does not exist")
     if problems:

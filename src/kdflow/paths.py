@@ -14,6 +14,15 @@ def demo_dataset(results, name) -> str:
     return _p(results, "data", "demo", name)
 
 
+def dataset_manifest(results, dataset, split) -> str:
+    """``split``: ``train`` or ``test`` (written by prepare_dataset)."""
+    return _p(results, "datasets", dataset, f"{split}.tsv")
+
+
+def dataset_work_dir(results, dataset) -> str:
+    return _p(results, "datasets", dataset)
+
+
 def subset_manifest(results, subset) -> str:
     return _p(results, "subsets", f"{subset}.tsv")
 

@@ -28,26 +28,38 @@ def choose_per_class(files: list[str], k: int, seed: int, cls: str) -> list[str]
     return sorted(ordered[i] for i in order[:k])
 
 
-def make_subset(root: str | Path, split: str = "train", *, per_class: int | None = None,
-                fraction: float | None = None, seed: int = 0) -> Manifest:
-    """Select a subset of ``<root>/<split>``; exactly one of ``per_class`` / ``fraction``."""
+def select_subset(manifest: Manifest, *, per_class: int | None = None, fraction: float | None = None,
+                  seed: int = 0, source: str = "") -> Manifest:
+    """Select from a (train) manifest; exactly one of ``per_class`` / ``fraction``."""
     if (per_class is None) == (fraction is None):
         raise ValueError("give exactly one of per_class and fraction")
+    by_class: dict[str, list[str]] = {}
+    for sample in manifest.samples:
+        by_class.setdefault(sample.cls, []).append(sample.path)
+    chosen: set[str] = set()
+    short = []
+    for cls in manifest.classes:
+        files = by_class.get(cls, [])
+        k = per_class if per_class is not None else max(1, round(fraction * len(files)))
+        if k > len(files):
+            short.append(f"class {cls} of {source or manifest.root} has {len(files)} images, {k} asked")
+            continue
+        chosen.update(choose_per_class(files, k, seed, cls))
+    if short:
+        raise DatasetError("classes with fewer images than the subset asks for:\n  " + "\n  ".join(short))
+    samples = [s for s in manifest.samples if s.path in chosen]
+    return Manifest(root=manifest.root, samples=samples, classes=manifest.classes)
+
+
+def make_subset(root: str | Path, split: str = "train", *, per_class: int | None = None,
+                fraction: float | None = None, seed: int = 0) -> Manifest:
+    """Select a subset of the ImageFolder split ``<root>/<split>``."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root not found: {root}")
     listing = list_split(root / split, f"split {split!r} of dataset {root}")
-    chosen = {}
-    short = []
-    for cls, files in listing.items():
-        k = per_class if per_class is not None else max(1, round(fraction * len(files)))
-        if k > len(files):
-            short.append(f"{root / split / cls} has {len(files)} images, {k} asked")
-            continue
-        chosen[cls] = choose_per_class(files, k, seed, cls)
-    if short:
-        raise DatasetError("classes with fewer images than the subset asks for:\n  " + "\n  ".join(short))
-    return manifest_from_listing(root, split, listing, chosen)
+    manifest = manifest_from_listing(root, split, listing)
+    return select_subset(manifest, per_class=per_class, fraction=fraction, seed=seed, source=str(root / split))
 
 
 def materialise_symlinks(manifest: Manifest, dest: str | Path) -> Path:

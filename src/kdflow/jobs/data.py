@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdflow.data import demo
-from kdflow.data.imagefolder import write_manifest
-from kdflow.data.subset import make_subset, materialise_symlinks
+from kdflow.data.imagefolder import read_manifest, write_manifest
+from kdflow.data.prepare import SPLITS, prepare
+from kdflow.data.subset import materialise_symlinks, select_subset
 from kdflow.provenance import Provenance, describe_input
 
 
@@ -21,18 +22,32 @@ def demo_data(name: str, spec: dict, out_dir: str | Path) -> dict:
     return summary
 
 
-def imagenet_subset(subset: dict, manifest_out: str | Path, symlink_dir: str | Path | None = None) -> dict:
-    """``subset`` is a resolved subset entry (kdflow.config.resolve_subset)."""
-    ds = subset["dataset"]
+def prepare_dataset(dataset: dict, manifests: dict[str, str | Path]) -> dict:
+    """Write the ``train`` and ``test`` manifests of a resolved dataset entry."""
+    prov = Provenance("prepare_dataset", name=dataset["name"], config=dataset)
+    prov.add_inputs([dataset["root"]])
+    prepared = prepare(dataset, Path(manifests["train"]).parent)
+    counts = {}
+    for split in SPLITS:
+        write_manifest(manifests[split], prepared[split])
+        counts[split] = {"images": len(prepared[split]), "classes": prepared[split].num_classes}
+    prov.write(Path(manifests["train"]).parent / "provenance.json", extra={"counts": counts})
+    return counts
+
+
+def imagenet_subset(subset: dict, train_manifest: str | Path, manifest_out: str | Path,
+                    symlink_dir: str | Path | None = None) -> dict:
+    """``subset`` is a resolved subset entry (kdflow.config.resolve_subset); the subset is drawn
+    from the dataset's prepared train manifest."""
     prov = Provenance("imagenet_subset", name=subset["name"], config=subset, seeds={"subset": subset["seed"]})
-    manifest = make_subset(ds["root"], subset["split"], per_class=subset.get("per_class"),
-                           fraction=subset.get("fraction"), seed=subset["seed"])
+    manifest = select_subset(read_manifest(train_manifest), per_class=subset.get("per_class"),
+                             fraction=subset.get("fraction"), seed=subset["seed"], source=str(train_manifest))
     manifest_out = Path(manifest_out)
     write_manifest(manifest_out, manifest)
     if subset["symlinks"] and symlink_dir is not None:
         materialise_symlinks(manifest, symlink_dir)
     counts = {"images": len(manifest), "classes": len({s.cls for s in manifest.samples})}
-    prov.add_inputs([Path(ds["root"]) / subset["split"]])
+    prov.add_inputs([train_manifest])
     prov.write(manifest_out.with_suffix(".provenance.json"),
                extra={"counts": counts, "outputs": {"manifest": describe_input(manifest_out)}})
     return counts

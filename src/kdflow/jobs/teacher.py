@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from kdflow.data.imagefolder import read_manifest, split_manifest
+from kdflow.data.imagefolder import read_manifest
 from kdflow.io import hash_data, write_json
 from kdflow.jobs.common import metrics_record
 from kdflow.models import teacher as sources
@@ -18,8 +18,10 @@ from kdflow.train.run import train
 from kdflow.train.trainer import discard_state
 
 
-def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifest_path: str | Path | None = None) -> dict:
-    """``cfg`` is a resolved teacher entry (kdflow.config.resolve_teacher)."""
+def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifest_path: str | Path | None = None,
+                  val_manifest_path: str | Path | None = None) -> dict:
+    """``cfg`` is a resolved teacher entry (kdflow.config.resolve_teacher). A teacher trained by
+    the pipeline learns on ``manifest_path`` and is evaluated on ``val_manifest_path``."""
     out_dir = Path(out_dir)
     name = cfg["name"]
     prov = Provenance("teacher", name=name, config=cfg, seeds=_seeds(cfg), threads=torch.get_num_threads())
@@ -34,7 +36,7 @@ def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifes
     elif "random_init" in cfg:
         net, source = sources.from_random_init(cfg), "random_init"
     else:
-        net, metrics = _train_teacher(cfg, out_dir, state_dir, manifest_path, dist, prov)
+        net, metrics = _train_teacher(cfg, out_dir, state_dir, manifest_path, val_manifest_path, dist, prov)
         source = "trained"
     if dist.rank == 0:
         sources.save_teacher(out_dir / "model.safetensors", net.cpu(), name, source, extra)
@@ -52,14 +54,13 @@ def _seeds(cfg: dict) -> dict:
     return {}
 
 
-def _train_teacher(cfg, out_dir, state_dir, manifest_path, dist, prov):
+def _train_teacher(cfg, out_dir, state_dir, manifest_path, val_manifest_path, dist, prov):
     training = cfg["train"]["training"]
     data = read_manifest(manifest_path)
-    prov.add_inputs([manifest_path])
-    dataset = cfg["train"]["data"]["dataset"]
-    val = split_manifest(dataset["root"], dataset["val_split"])
+    val = read_manifest(val_manifest_path)
+    prov.add_inputs([manifest_path, val_manifest_path])
     if val.classes != data.classes:
-        raise ValueError(f"teacher {cfg['name']!r}: val classes of {dataset['root']} differ from its train classes")
+        raise ValueError(f"teacher {cfg['name']!r}: {val_manifest_path} and {manifest_path} have different classes")
     torch.manual_seed(training["seed"])
     net = Network(cfg["arch"], num_classes=data.num_classes, input_spec=InputSpec.from_config(cfg.get("input")))
 

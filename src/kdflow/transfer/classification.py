@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kdflow.data.imagefolder import DatasetError, split_manifest
+from kdflow.data.imagefolder import DatasetError, read_manifest
 from kdflow.io import hash_data, write_json
 from kdflow.jobs.common import metrics_record
 from kdflow.models.checkpoints import CheckpointError, load_strict, read_weights
@@ -34,18 +34,17 @@ def _input_spec(protocol: dict, student_input: dict) -> InputSpec:
     return InputSpec.from_config(student_input)
 
 
-def finetune(run: dict, dataset: dict, protocol: dict, seed: int, out_dir: str | Path,
-             state_dir: str | Path, student_path: str | Path | None = None) -> dict:
-    """``run``/``dataset``/``protocol`` are resolved config entries; ``student_path`` is None for
-    the ``scratch`` baseline (random init from ``seed``)."""
+def finetune(run: dict, dataset: dict, protocol: dict, seed: int, out_dir: str | Path, state_dir: str | Path,
+             manifests: dict[str, str | Path], student_path: str | Path | None = None) -> dict:
+    """``run``/``dataset``/``protocol`` are resolved config entries; ``manifests`` the dataset's
+    prepared ``train``/``test`` manifests; ``student_path`` is None for the ``scratch`` baseline
+    (random init from ``seed``)."""
     out_dir = Path(out_dir)
     training = copy.deepcopy(protocol["training"])
     training["seed"] = seed
-    train_set = split_manifest(dataset["root"], dataset["train_split"])
-    test_set = split_manifest(dataset["root"], dataset["val_split"])
+    train_set, test_set = read_manifest(manifests["train"]), read_manifest(manifests["test"])
     if train_set.classes != test_set.classes:
-        raise DatasetError(f"{dataset['root']}: {dataset['train_split']}/ and {dataset['val_split']}/ "
-                           "have different class folders")
+        raise DatasetError(f"{manifests['train']} and {manifests['test']} have different classes")
     student_input = InputSpec.from_config(run["student"].get("input")).as_dict()
     run_hash = hash_data(run)
     weights = None
@@ -61,7 +60,7 @@ def finetune(run: dict, dataset: dict, protocol: dict, seed: int, out_dir: str |
               "seed": seed}
     prov = Provenance("transfer_cls", name=f"{dataset['name']}/{run['name']}/seed{seed}", config=config,
                       seeds={"transfer": seed}, threads=torch.get_num_threads())
-    prov.add_inputs([p for p in (student_path,) if p])
+    prov.add_inputs([p for p in (manifests["train"], manifests["test"], student_path) if p])
     dist = distributed.setup()
     torch.manual_seed(seed)
     net = Network(run["student"]["arch"], num_classes=train_set.num_classes,

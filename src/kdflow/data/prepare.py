@@ -1,0 +1,46 @@
+"""Dataset preparation: whatever layout a dataset comes in -> a ``train`` and a ``test`` manifest.
+
+Every stage after this one (subsets, teacher checks, transfer) reads these two manifests and
+nothing else, so supporting a new dataset layout is one preparer function here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from kdflow.data.imagefolder import DatasetError, Manifest, split_manifest
+
+SPLITS = ("train", "test")
+PREPARERS: dict[str, Callable[[dict, Path], dict[str, Manifest]]] = {}
+
+
+def preparer(fmt: str):
+    def register(fn):
+        PREPARERS[fmt] = fn
+        return fn
+
+    return register
+
+
+def prepare(dataset: dict, work_dir: str | Path) -> dict[str, Manifest]:
+    """``dataset`` is a resolved dataset entry; ``work_dir`` may receive derived files (symlink
+    trees, decoded images) that the manifests point into."""
+    fmt = dataset["format"]
+    if fmt not in PREPARERS:
+        raise DatasetError(f"dataset {dataset['name']!r}: no preparer for format {fmt!r} "
+                           f"(known: {', '.join(sorted(PREPARERS))})")
+    root = Path(dataset["root"])
+    if not root.is_dir():
+        raise DatasetError(f"dataset {dataset['name']!r}: root folder not found: {root}")
+    manifests = PREPARERS[fmt](dataset, Path(work_dir))
+    if manifests["train"].classes != manifests["test"].classes:
+        raise DatasetError(f"dataset {dataset['name']!r}: train and test have different classes")
+    return manifests
+
+
+@preparer("imagefolder")
+def _imagefolder(dataset: dict, work_dir: Path) -> dict[str, Manifest]:
+    root = Path(dataset["root"])
+    return {"train": split_manifest(root, dataset["train_split"]),
+            "test": split_manifest(root, dataset["val_split"])}

@@ -1,0 +1,33 @@
+"""Rule prepare_dataset: a dataset as distributed -> its train and test manifests.
+
+By hand:  python workflow_scripts/prepare_dataset.py --config config/config.yaml --dataset demo_shapes
+"""
+
+import argparse
+
+from kdflow import paths
+from kdflow.config import load_config, resolve_dataset
+from kdflow.jobs.common import script_main
+from kdflow.jobs.data import prepare_dataset
+
+
+def from_snakemake(smk):
+    return argparse.Namespace(dataset=smk.params.dataset, manifests={"train": smk.output.train, "test": smk.output.test})
+
+
+def from_cli():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--dataset", required=True, help="name of an entry under datasets:")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    manifests = {split: paths.dataset_manifest(cfg["results"], args.dataset, split) for split in ("train", "test")}
+    return argparse.Namespace(dataset=resolve_dataset(cfg, args.dataset), manifests=manifests)
+
+
+def run(args):
+    print(prepare_dataset(args.dataset, args.manifests))
+
+
+if __name__ == "__main__":
+    script_main(globals(), from_snakemake, from_cli, run)
