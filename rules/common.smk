@@ -6,6 +6,7 @@ from kdflow import paths
 # Schema validation (snakemake.utils.validate, defaults filled) plus cross-reference checks;
 # errors name the key path at fault.
 CFG = kcfg.validate_config(config, source="config")
+kcfg.check_placeholders(CFG)
 R = CFG["results"]
 TRANSFER_JOBS = kcfg.transfer_jobs(CFG)
 USED_DATASETS = sorted(
@@ -74,13 +75,31 @@ def teacher_inputs(wildcards):
             "manifest": paths.subset_manifest(R, subset),
             "val_manifest": paths.dataset_manifest(R, dataset, "test"),
         }
-    if "checkpoint" in teacher:
+    if "checkpoint" in teacher and not kcfg.is_placeholder(teacher["checkpoint"]["path"]):
         return {"checkpoint": teacher["checkpoint"]["path"]}
     return {}
 
 
 def teacher_params(wildcards):
     return kcfg.resolve_teacher(CFG, wildcards.teacher)
+
+
+def checked_teacher(wildcards):
+    """SVD weights are made only from a teacher that passed its configured check."""
+    teacher = CFG["teachers"][wildcards.teacher]
+    return [paths.teacher_check(R, wildcards.teacher)] if "check" in teacher else []
+
+
+def teacher_check_inputs(wildcards):
+    check = CFG["teachers"][wildcards.teacher]["check"]
+    return {
+        "teacher": paths.teacher_weights(R, wildcards.teacher),
+        "manifest": paths.dataset_manifest(R, check["dataset"], "test"),
+    }
+
+
+def teacher_check_params(wildcards):
+    return CFG["teachers"][wildcards.teacher]["check"]
 
 
 def svd_student_archs(wildcards):
@@ -99,6 +118,9 @@ def svd_student_archs(wildcards):
 # ---------------------------------------------------------------- pre-training
 def pretrain_inputs(wildcards):
     run = CFG["pretrain"][wildcards.run]
+    if run["method"] == "imported":
+        path = run["checkpoint"]["path"]
+        return {} if kcfg.is_placeholder(path) else {"checkpoint": path}
     inputs = {"manifest": paths.subset_manifest(R, run["data"])}
     if run["method"] == "kdep":
         inputs["teacher"] = paths.teacher_weights(R, run["teacher"])

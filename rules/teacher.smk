@@ -25,8 +25,30 @@ rule teacher:
         "../workflow_scripts/teacher.py"
 
 
+rule teacher_eval:
+    input:
+        unpack(teacher_check_inputs),
+    output:
+        paths.teacher_check(R, "{teacher}"),
+    log:
+        paths.log_file(R, "teacher_eval", "{teacher}"),
+    benchmark:
+        paths.benchmark_file(R, "teacher_eval", "{teacher}")
+    conda:
+        "../envs/kdflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    params:
+        check=teacher_check_params,
+    script:
+        "../workflow_scripts/teacher_eval.py"
+
+
 rule svd_weights:
     input:
+        checked=checked_teacher,
         teacher=paths.teacher_weights(R, "{teacher}"),
         manifest=paths.subset_manifest(R, "{subset}"),
     output:

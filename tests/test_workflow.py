@@ -26,12 +26,30 @@ def planned_jobs(output: str) -> dict[str, int]:
             if m.group(1) != "total"}
 
 
+def _with_imported_run(config, work):
+    """Add an ``imported`` run: a hand-written student file in KDEP's robustness layout."""
+    import torch
+    import yaml
+
+    from kdflow.models.network import Network
+    from test_checkpoints import _robustness_file
+
+    torch.manual_seed(5)
+    _robustness_file(work / "kdep_student.pt", Network("test_resnet", num_classes=1000), student=True)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["pretrain"]["kdep_released"] = {"method": "imported", "student": "tres",
+                                        "checkpoint": {"path": str(work / "kdep_student.pt")}}
+    cfg["transfer"]["grids"]["tiny"]["runs"].append("kdep_released")
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from conftest import write_config
 
     work = tmp_path_factory.mktemp("tiny")
-    config = write_config(REPO / "tests" / "data" / "tiny_config.yaml", work)
+    config = _with_imported_run(write_config(REPO / "tests" / "data" / "tiny_config.yaml", work), work)
     done = snakemake(config)
     assert done.returncode == 0, done.stderr[-4000:]
     return config, work / "results"
@@ -40,11 +58,11 @@ def tiny_run(tmp_path_factory):
 def test_tiny_dag_produces_every_artefact(tiny_run):
     config, results = tiny_run
     table = (results / "tables" / "classification.md").read_text()
-    for run in ("scratch", "sup", "kdep", "kdep_random"):
+    for run in ("scratch", "sup", "kdep", "kdep_random", "kdep_released"):
         assert f"| {run} |" in table
     assert "mean ± sample standard deviation" in table
     metrics = sorted((results / "transfer" / "classification" / "tdown").glob("*/seed*/metrics.json"))
-    assert len(metrics) == 8
+    assert len(metrics) == 10
     record = json.loads(metrics[0].read_text())
     assert record["task"] == "classification" and {m["checkpoint"] for m in record["metrics"]} == {"best", "final"}
     svd_prov = json.loads((results / "svd" / "tiny_teacher" / "tin_25.provenance.json").read_text())
@@ -54,6 +72,13 @@ def test_tiny_dag_produces_every_artefact(tiny_run):
     assert (results / "pretrain" / "kdep" / "log.csv").read_text().count("\n") == 3  # header + 2 epochs
     assert (results / "logs" / "pretrain" / "kdep.log").stat().st_size > 0
     assert (results / "benchmarks" / "pretrain" / "kdep.tsv").exists()
+    check = json.loads((results / "teachers" / "tiny_teacher" / "check.json").read_text())
+    assert check["min_top1"] == 0 and check["images"] == 24
+    imported = json.loads((results / "pretrain" / "kdep_released" / "provenance.json").read_text())
+    assert imported["file_naming"] == "robustness" and imported["load"]["unexpected"] == []
+    released = json.loads((results / "transfer" / "classification" / "tdown" / "kdep_released" / "seed0"
+                           / "provenance.json").read_text())
+    assert released["load"]["missing"] == ["fc.bias", "fc.weight"]  # only the new head is not loaded
     teacher_metrics = json.loads((results / "teachers" / "tiny_teacher" / "metrics.json").read_text())
     assert teacher_metrics["metrics"][0]["metric"] == "val_top1"
 

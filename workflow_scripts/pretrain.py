@@ -12,11 +12,11 @@ import argparse
 from kdflow import paths
 from kdflow.config import load_config, resolve_run, svd_subset_of
 from kdflow.jobs.common import script_main
-from kdflow.jobs.pretrain import pretrain
+from kdflow.jobs.pretrain import import_student, pretrain
 
 
 def from_snakemake(smk):
-    return argparse.Namespace(run=smk.params.run, manifest=smk.input.manifest, out_dir=smk.params.out_dir,
+    return argparse.Namespace(run=smk.params.run, manifest=smk.input.get("manifest"), out_dir=smk.params.out_dir,
                               state=smk.params.state, teacher=smk.input.get("teacher"), svd=smk.input.get("svd"))
 
 
@@ -31,7 +31,7 @@ def from_cli():
     run = resolve_run(cfg, args.run)
     teacher = run.get("teacher", {}).get("name")
     return argparse.Namespace(
-        run=run, manifest=paths.subset_manifest(results, run["data"]["name"]),
+        run=run, manifest=paths.subset_manifest(results, run["data"]["name"]) if "data" in run else None,
         out_dir=paths.pretrain_dir(results, args.run), state=paths.state_dir(results, "pretrain", args.run),
         teacher=paths.teacher_weights(results, teacher) if teacher else None,
         svd=paths.svd_file(results, teacher, svd_subset_of(cfg, args.run)) if run["method"] == "kdep" else None,
@@ -39,6 +39,9 @@ def from_cli():
 
 
 def run(args):
+    if args.run["method"] == "imported":
+        import_student(args.run, args.out_dir)
+        return
     pretrain(args.run, args.manifest, args.out_dir, args.state, teacher_path=args.teacher, svd_path=args.svd)
 
 

@@ -45,7 +45,13 @@ BUILTIN_CLS_PROTOCOLS = {
     },
 }
 BUILTIN_CLS_PROTOCOLS["kdep_unnormalised"] = {**BUILTIN_CLS_PROTOCOLS["kdep"], "normalize": "none"}
-METHODS_WITHOUT_TRAINING = {"scratch"}
+BUILTIN_CLS_PROTOCOLS["kdep_cifar100"] = {
+    **BUILTIN_CLS_PROTOCOLS["kdep"],
+    "normalize": {"mean": [0.5071, 0.4867, 0.4408], "std": [0.2675, 0.2565, 0.2761]},
+}
+
+PLACEHOLDER = "<FILL"
+METHODS_WITHOUT_TRAINING = {"scratch", "imported"}
 
 
 class ConfigError(ValueError):
@@ -124,6 +130,9 @@ def reference_errors(cfg: dict) -> list[str]:
     for name, sub in cfg["subsets"].items():
         _check_ref(problems, f"config.subsets.{name}.dataset", sub["dataset"], "datasets", cfg, "dataset")
     for name, teacher in cfg["teachers"].items():
+        if "check" in teacher:
+            where = f"config.teachers.{name}.check.dataset"
+            _check_ref(problems, where, teacher["check"]["dataset"], "datasets", cfg, "dataset")
         if "train" in teacher:
             where = f"config.teachers.{name}.train.data"
             _check_ref(problems, where, teacher["train"]["data"], "subsets", cfg, "subset")
@@ -141,6 +150,8 @@ def reference_errors(cfg: dict) -> list[str]:
                 _check_ref(problems, f"{where}.kdep.svd_subset", svd_subset, "subsets", cfg, "subset")
         elif "teacher" in run:
             problems.append(f"{where}.teacher: method {method!r} does not use a teacher")
+        if (method == "imported") != ("checkpoint" in run):
+            problems.append(f"{where}.checkpoint: needed by method 'imported' and only by it")
         if method not in METHODS_WITHOUT_TRAINING:
             if "data" not in run:
                 problems.append(f"{where}.data: method {method!r} needs a subset to train on")
@@ -205,6 +216,8 @@ def resolve_run(cfg: dict, name: str) -> dict:
     run = copy.deepcopy(cfg["pretrain"][name])
     method = run["method"]
     out = {"name": name, "method": method, "student": resolve_student(cfg, run["student"])}
+    if method == "imported":
+        out["checkpoint"] = run["checkpoint"]
     if method in METHODS_WITHOUT_TRAINING:
         return out
     out["data"] = resolve_subset(cfg, run["data"])
@@ -245,12 +258,37 @@ def protocol_for(cfg: dict, task: str, dataset: str, run: str, seed: int) -> str
     raise ConfigError(f"no transfer grid contains {task}/{dataset}/{run}/seed{seed}")
 
 
+def placeholders(node: Any, where: str = "config") -> list[str]:
+    """Key paths of every value still reading ``<FILL ...>`` (paths a user must fill in)."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in placeholders(v, f"{where}.{k}")]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in placeholders(v, f"{where}[{i}]")]
+    if isinstance(node, str) and node.startswith(PLACEHOLDER):
+        return [f"{where}: {node}"]
+    return []
+
+
+def check_placeholders(cfg: dict) -> list[str]:
+    """Fail listing every unfilled path, unless ``allow_placeholders`` (dry runs) is set."""
+    found = placeholders(cfg)
+    if found and not cfg["allow_placeholders"]:
+        raise ConfigError(
+            "unfilled paths (replace each <FILL ...>, or add --config allow_placeholders=True for a dry run):\n  "
+            + "\n  ".join(found))
+    return found
+
+
+def is_placeholder(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(PLACEHOLDER)
+
+
 def check_dataset_roots(cfg: dict, names) -> None:
     """Fail before any job starts if a user dataset folder (or one of its splits) is missing."""
     problems = []
     for name in names:
         ds = cfg["datasets"][name]
-        if "root" not in ds:
+        if "root" not in ds or is_placeholder(ds["root"]):
             continue
         root = Path(ds["root"])
         if not root.is_dir():

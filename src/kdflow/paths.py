@@ -43,6 +43,10 @@ def teacher_metrics(results, teacher) -> str:
     return _p(teacher_dir(results, teacher), "metrics.json")
 
 
+def teacher_check(results, teacher) -> str:
+    return _p(teacher_dir(results, teacher), "check.json")
+
+
 def svd_file(results, teacher, subset) -> str:
     return _p(results, "svd", teacher, f"{subset}.safetensors")
 

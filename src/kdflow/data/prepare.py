@@ -44,3 +44,6 @@ def _imagefolder(dataset: dict, work_dir: Path) -> dict[str, Manifest]:
     root = Path(dataset["root"])
     return {"train": split_manifest(root, dataset["train_split"]),
             "test": split_manifest(root, dataset["val_split"])}
+
+
+from kdflow.data import formats  # noqa: E402,F401  (registers the dataset-specific preparers)

@@ -35,6 +35,26 @@ def student_metadata(net: Network, run: dict, config_hash: str, epochs: int) -> 
     }
 
 
+def import_student(run: dict, out_dir: str | Path) -> dict:
+    """An ``imported`` run: a student pre-trained elsewhere (KDEP's released ResNet-18 in robustness
+    format, a timm/torchvision file), loaded strictly and exported like a trained one."""
+    from kdflow.models.teacher import from_checkpoint
+
+    out_dir = Path(out_dir)
+    config_hash = hash_data(run)
+    prov = Provenance("pretrain", name=run["name"], config=run)
+    prov.add_inputs([run["checkpoint"]["path"]])
+    student_cfg = {"name": run["name"], "arch": run["student"]["arch"], "input": run["student"].get("input"),
+                   "checkpoint": run["checkpoint"]}
+    net, extra = from_checkpoint(student_cfg)
+    save_weights(out_dir / "student.safetensors", net.backbone_state_dict(),
+                 student_metadata(net, run, config_hash, epochs=0))
+    write_json(out_dir / "metrics.json", metrics_record("pretrain", None, run["name"], None, [],
+                                                        config_hash=config_hash))
+    prov.write(out_dir / "provenance.json", extra=extra)
+    return extra
+
+
 def pretrain(run: dict, manifest_path: str | Path, out_dir: str | Path, state_dir: str | Path,
              teacher_path: str | Path | None = None, svd_path: str | Path | None = None) -> dict:
     """``run`` is a resolved pre-training run (kdflow.config.resolve_run)."""

@@ -46,6 +46,34 @@ def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifes
     return {"source": source, "metrics": metrics}
 
 
+class TeacherCheckFailed(RuntimeError):
+    pass
+
+
+def check_teacher(name: str, teacher_path: str | Path, manifest_path: str | Path, check: dict,
+                  out_path: str | Path) -> dict:
+    """Top-1 of a teacher on a test manifest; fails loudly below ``check['min_top1']``."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = sources.load_teacher(teacher_path, device)
+    manifest = read_manifest(manifest_path)
+    if teacher.net.num_classes != manifest.num_classes:
+        raise TeacherCheckFailed(
+            f"teacher {name!r} has {teacher.net.num_classes} outputs, {manifest_path} has "
+            f"{manifest.num_classes} classes; check.dataset must use the teacher's classes")
+    acc = top1(teacher, manifest, check["eval"], device, batch_size=check["batch_size"])
+    record = {"teacher": name, "dataset": check["dataset"], "top1": round(acc, 4), "min_top1": check["min_top1"],
+              "input": teacher.input_spec.as_dict(), "images": len(manifest)}
+    print(record)
+    if acc < check["min_top1"]:
+        raise TeacherCheckFailed(
+            f"teacher {name!r} reaches top-1 {acc:.2f}% on {check['dataset']!r} ({len(manifest)} images), below "
+            f"check.min_top1 = {check['min_top1']}%. A teacher far below its published accuracy usually means a "
+            f"wrong input spec: channel_order {teacher.input_spec.channel_order} (the Microsoft ResNet-50 expects "
+            f"BGR), mean {list(teacher.input_spec.mean)}, std {list(teacher.input_spec.std)}, or a wrong file.")
+    write_json(out_path, record)
+    return record
+
+
 def _seeds(cfg: dict) -> dict:
     if "random_init" in cfg:
         return {"init": cfg["random_init"]["seed"]}

@@ -29,9 +29,11 @@ NO_NORMALISATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 
 def _input_spec(protocol: dict, student_input: dict) -> InputSpec:
-    if protocol["normalize"] == "none":  # KDEP's DTD / Caltech-256 / CUB setting
-        return InputSpec.from_config({**NO_NORMALISATION, "channel_order": student_input["channel_order"]})
-    return InputSpec.from_config(student_input)
+    normalize = protocol["normalize"]
+    if normalize == "student":
+        return InputSpec.from_config(student_input)
+    stats = NO_NORMALISATION if normalize == "none" else normalize  # "none": KDEP's DTD/Caltech/CUB
+    return InputSpec.from_config({**stats, "channel_order": student_input["channel_order"]})
 
 
 def finetune(run: dict, dataset: dict, protocol: dict, seed: int, out_dir: str | Path, state_dir: str | Path,

@@ -1,0 +1,47 @@
+"""config/kdep.yaml: the KDEP paper grid builds its DAG over placeholders, and without the switch
+stops at once naming every path still to fill in."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import REPO, tool
+from test_workflow import planned_jobs
+
+
+def _dry_run(*extra):
+    cmd = [tool("snakemake"), "-n", "--configfile", str(REPO / "config" / "kdep.yaml"), *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_paper_grid_job_counts():
+    out = _dry_run("--config", "allow_placeholders=True")
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert jobs == {
+        "prepare_dataset": 5,  # ImageNet, CIFAR-100, DTD, Caltech-256, CUB-200
+        "imagenet_subset": 2,  # 10 % (128 per class) and 100 %
+        "teacher": 2,  # MS-R50, SP-R50
+        "teacher_eval": 2,
+        "svd_weights": 2,  # one per teacher, on the 10 % subset
+        "pretrain": 7,  # 5 KDEP runs + 2 supervised baselines (scratch needs no pre-training)
+        "transfer_cls": 9 * 4 * 2,  # (5 KDEP + 2 supervised + 2 scratch) x 4 datasets x 2 seeds
+        "tables": 1,
+        "all": 1,
+    }
+    text = out.stdout + out.stderr
+    assert "results/svd/ms_r50/imgnet_128k.safetensors" in text and "results/svd/sp_r50/imgnet_128k.safetensors" in text
+    assert "imgnet_full.safetensors" not in text  # the 100 % runs reuse the 10 % SVD, as KDEP does
+
+
+def test_unfilled_paths_are_all_named():
+    out = _dry_run()
+    assert out.returncode != 0
+    named = re.findall(r"^\s+(config\.[\w.]+): <FILL", out.stdout + out.stderr, re.M)
+    assert sorted(named) == sorted([
+        "config.datasets.imagenet.root", "config.datasets.cifar100.root", "config.datasets.dtd.root",
+        "config.datasets.caltech256.root", "config.datasets.cub200.root",
+        "config.teachers.ms_r50.checkpoint.path", "config.teachers.sp_r50.checkpoint.path",
+    ])
+    assert "allow_placeholders=True" in out.stdout + out.stderr
