@@ -121,3 +121,40 @@ def test_pretrained_teacher_offline_gives_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="'test_resnet' are not in the local Hugging Face cache"):
         from_pretrained({"name": "hub_teacher", "arch": "test_resnet", "input": {}})
+
+
+def test_torchvision_mobilenetv2_maps_onto_timm_and_computes_the_same(tmp_path):
+    """KDEP's MobileNetV2 students use torchvision-style names; timm's differ in every key."""
+    import torchvision
+
+    torch.manual_seed(0)
+    tv = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    for m in tv.modules():  # non-trivial BN statistics, so a mis-mapped buffer would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "kdep_mnv2.pt"
+    sd = {f"module.model.model.{k}": v for k, v in tv.state_dict().items()}
+    sd.update({f"module.attacker.model.model.{k}": v for k, v in tv.state_dict().items()})
+    torch.save({"model": sd}, path)
+    cfg = {"name": "mnv2", "arch": "mobilenetv2_100", "input": {},
+           "checkpoint": {"path": str(path), "naming": "auto", "trust_pickle": False,
+                          "allow_missing": [], "allow_unexpected": []}}
+    net, _ = from_checkpoint(cfg)
+    net.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = tv(net.normalise(x))
+        torch.testing.assert_close(net(x, output="logits"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_positional_map_refuses_a_different_architecture(tmp_path):
+    import torchvision
+
+    path = tmp_path / "r18_as_mnv2.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    cfg = {"name": "x", "arch": "mobilenetv2_100", "input": {}, "num_classes": 1000,
+           "checkpoint": {"path": str(path), "naming": "auto", "trust_pickle": False,
+                          "allow_missing": [], "allow_unexpected": []}}
+    with pytest.raises(CheckpointError, match="tensors in the file, .* in timm's EfficientNet"):
+        from_checkpoint(cfg)

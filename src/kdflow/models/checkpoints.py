@@ -110,19 +110,41 @@ def from_robustness(sd: dict[str, torch.Tensor], path: Path | str = "<state dict
 
 
 def to_timm_names(sd: dict[str, torch.Tensor], model: nn.Module, naming: str, path: str = "") -> dict:
-    """Rename a torchvision-named state dict for the timm ``model``.
+    """Rename a torchvision-named (or robustness-wrapped) state dict for the timm ``model``.
 
-    timm's ResNet family uses torchvision's names verbatim; other families need a key map
-    (MobileNetV2's differ most), which does not exist yet and is refused rather than guessed.
+    timm's ResNet family uses torchvision's names verbatim. MobileNetV2's names differ in every
+    key (torchvision and KDEP's tonylins model: ``features.<i>.conv.<j>``, timm: ``blocks.<s>.<b>
+    .conv_pw``), but all three list the same tensors in the same order, so the map is positional,
+    checked tensor by tensor (same shape, same kind of tensor). Other families are refused.
     """
+    from timm.models.efficientnet import EfficientNet
     from timm.models.resnet import ResNet
 
     if naming == "timm" or isinstance(model, ResNet):
         return dict(sd)
+    if isinstance(model, EfficientNet):
+        return positional_names(sd, model, path)
     raise CheckpointError(
         f"{path}: no key map from {naming} names to timm's {type(model).__name__}; "
         "convert the file to timm names"
     )
+
+
+def positional_names(sd: dict[str, torch.Tensor], model: nn.Module, path: str = "") -> dict:
+    """Give the i-th tensor of ``sd`` the name of the model's i-th state-dict entry, verifying
+    that every pair has the same shape and the same leaf name (weight, bias, running_mean, ...)."""
+    own = list(model.state_dict().items())
+    theirs = list(sd.items())
+    if len(own) != len(theirs):
+        raise CheckpointError(f"{path}: {len(theirs)} tensors in the file, {len(own)} in timm's "
+                              f"{type(model).__name__}; the positional key map needs equal counts")
+    renamed = {}
+    for (key, value), (own_key, own_value) in zip(theirs, own):
+        if key.rsplit(".", 1)[-1] != own_key.rsplit(".", 1)[-1] or value.shape != own_value.shape:
+            raise CheckpointError(f"{path}: positional key map fails at {key} {tuple(value.shape)} -> "
+                                  f"{own_key} {tuple(own_value.shape)}")
+        renamed[own_key] = value
+    return renamed
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:

@@ -9,6 +9,7 @@ so SVD, soft labels and distillation never care where a teacher came from.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -82,6 +83,9 @@ def _infer_num_classes(sd: dict, arch: str) -> int:
     with torch.device("meta"):
         probe = Network(arch, num_classes=1)
     weight = sd.get(classifier_prefix(probe.net) + ".weight")
+    if weight is None:  # other naming schemes: torchvision's classifier.1 / fc, tonylins' classifier
+        heads = [v for k, v in sd.items() if re.search(r"(^|\.)(classifier|fc)(\.\d+)?\.weight$", k) and v.ndim == 2]
+        weight = heads[-1] if heads else None
     return int(weight.shape[0]) if weight is not None else 0
 
 
