@@ -59,6 +59,30 @@ def test_imagenet_flat_val_is_reorganised_by_symlinks(tmp_path, label_file):
     assert label == 1 and image.size == (8, 8)
 
 
+def test_imagenet_devkit_ground_truth_goes_through_meta_mat(tmp_path):
+    """The devkit's IDs are not in wnid order (ID 1 is not the first wnid): meta.mat maps them."""
+    from scipy.io import savemat
+
+    root = tmp_path / "imagenet"
+    for wnid in ("n01440764", "n02119789"):
+        _jpeg(root / "train" / wnid / f"{wnid}_0.JPEG")
+    for k in (1, 2, 3):
+        _jpeg(root / "val" / f"ILSVRC2012_val_{k:08d}.JPEG")
+    data = root / "ILSVRC2012_devkit_t12" / "data"
+    data.mkdir(parents=True)
+    synsets = np.array([(1, "n02119789", "kit fox", 0), (2, "n01440764", "tench", 0), (1001, "n00001740", "entity", 5)],
+                       dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")])
+    savemat(data / "meta.mat", {"synsets": synsets})
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("2\n1\n1\n")
+
+    out = prepare(_entry("in1k", root, "imagenet"), tmp_path / "work")
+    assert [(s.path.split("/")[-1], s.cls) for s in out["test"].samples] == [
+        ("ILSVRC2012_val_00000001.JPEG", "n01440764"),
+        ("ILSVRC2012_val_00000002.JPEG", "n02119789"),
+        ("ILSVRC2012_val_00000003.JPEG", "n02119789"),
+    ]
+
+
 def test_imagenet_flat_val_without_labels_says_what_it_looked_for(tmp_path):
     root = tmp_path / "imagenet"
     _jpeg(root / "train" / "n01" / "a.JPEG")

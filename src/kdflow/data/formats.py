@@ -5,8 +5,10 @@ anything derived (a symlink tree, decoded images) goes to the dataset's work fol
 names the file or folder it expected.
 
 - ``imagenet``: ``train/<wnid>/*.JPEG`` as distributed; ``val/`` either already in class folders
-  or flat, reorganised by symlinks from a ground-truth file: Kaggle's ``LOC_val_solution.csv`` or
-  a list with one wnid per line in file-name order (``imagenet_2012_validation_synset_labels.txt``).
+  or flat, reorganised by symlinks from a ground-truth file: the official devkit
+  (``ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt``, whose ILSVRC2012_IDs
+  are mapped to wnids by the devkit's ``meta.mat``), Kaggle's ``LOC_val_solution.csv``, or a list
+  with one wnid per line in file-name order (``imagenet_2012_validation_synset_labels.txt``).
 - ``cifar100``: the python-version archive (``cifar-100-python.tar.gz`` or its extracted folder),
   decoded to PNG files; class index = CIFAR's fine label.
 - ``dtd``: split 1, train = ``train1.txt`` + ``val1.txt``, test = ``test1.txt``.
@@ -27,7 +29,8 @@ from pathlib import Path
 from kdflow.data.imagefolder import IMAGE_SUFFIXES, DatasetError, Manifest, Sample, list_split, split_manifest
 from kdflow.data.prepare import preparer
 
-IMAGENET_VAL_LABEL_FILES = ("LOC_val_solution.csv", "imagenet_2012_validation_synset_labels.txt")
+DEVKIT_GROUND_TRUTH = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"
+IMAGENET_VAL_LABEL_FILES = (DEVKIT_GROUND_TRUTH, "LOC_val_solution.csv", "imagenet_2012_validation_synset_labels.txt")
 CALTECH_TRAIN_PER_CLASS = 60
 
 
@@ -92,10 +95,22 @@ def _val_labels(dataset: dict, root: Path, val_dir: Path) -> dict[str, str]:
                 raise DatasetError(f"{label_file}: no label for {val_dir / name}")
             labels[name] = by_id[Path(name).stem]
         return labels
-    wnids = _lines(label_file)  # one wnid per line, in file-name order
+    if label_file.name == Path(DEVKIT_GROUND_TRUTH).name:
+        id_to_wnid = _devkit_wnids(_require(label_file.parent / "meta.mat", "ImageNet devkit"))
+        wnids = [id_to_wnid[int(i)] for i in _lines(label_file)]  # ILSVRC2012_IDs, file-name order
+    else:
+        wnids = _lines(label_file)  # one wnid per line, in file-name order
     if len(wnids) != len(files):
         raise DatasetError(f"{label_file}: {len(wnids)} labels for {len(files)} images in {val_dir}")
     return dict(zip(files, wnids))
+
+
+def _devkit_wnids(meta_path: Path) -> dict[int, str]:
+    """ILSVRC2012_ID -> wnid of the 1000 leaf synsets (those without children) in ``meta.mat``."""
+    from scipy.io import loadmat
+
+    synsets = loadmat(str(meta_path), squeeze_me=True)["synsets"]
+    return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
 
 
 # ------------------------------------------------------------------------------------ CIFAR-100
