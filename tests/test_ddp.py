@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
 
 import pytest
-import yaml
 from safetensors.torch import load_file
 
 from conftest import REPO, tool
