@@ -139,12 +139,7 @@ class Trainer:
         wrapped = self._prepare_model()
         params = [p for m in self._trainable().values() for p in m.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.training["optim"])
-        start = self._load_state(optimizer)
-        for group in optimizer.param_groups:  # optimizer state was loaded on the CPU
-            for p in group["params"]:
-                for k, v in optimizer.state.get(p, {}).items():
-                    if torch.is_tensor(v):
-                        optimizer.state[p][k] = v.to(self.device)
+        start = self._load_state(optimizer)  # (load_state_dict moves optimizer state to the params' device)
         if start:
             print(f"[{self.desc}] resuming after pass {start}/{len(passes)} from {self.state_path}", flush=True)
         use_amp = self.training["amp"] and self.device.type == "cuda"
