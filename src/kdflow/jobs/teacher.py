@@ -43,6 +43,7 @@ def build_teacher(cfg: dict, out_dir: str | Path, state_dir: str | Path, manifes
         write_json(out_dir / "metrics.json", metrics_record("teacher", None, name, _seeds(cfg).get("training"), metrics))
         prov.write(out_dir / "provenance.json", extra={"source": source, **extra})
         discard_state(state_dir)
+    distributed.teardown()
     return {"source": source, "metrics": metrics}
 
 
