@@ -22,6 +22,7 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/teacher.smk"
+include: "rules/softlabels.smk"
 include: "rules/pretrain.smk"
 include: "rules/transfer.smk"
 include: "rules/report.smk"

@@ -24,17 +24,25 @@ wildcard_constraints:
     subset=_names(CFG["subsets"]),
     teacher=_names(CFG["teachers"]),
     run=_names(CFG["pretrain"]),
+    labels=_names(CFG["soft_labels"]),
+    shard=r"\d+",
     dataset=_names(CFG["datasets"]),
     seed=r"\d+",
 
 
 def final_targets():
-    """Every transfer result, and the tables built from them. The results are targets in their
-    own right, so a deleted metrics.json is re-made (and only it, then the tables)."""
+    """Every pre-training run, every transfer result, and the tables built from them. The results
+    are targets in their own right, so a deleted metrics.json is re-made (and only it, then the
+    tables)."""
+    pretrained = [
+        paths.pretrain_metrics(R, name)
+        for name, run in CFG["pretrain"].items()
+        if run["method"] != "scratch"
+    ]
     if not TRANSFER_JOBS:
-        return []
+        return pretrained
     tables = [paths.table(R, "classification", ext) for ext in ("md", "csv")]
-    return classification_metrics(None) + tables
+    return pretrained + classification_metrics(None) + tables
 
 
 def dataset_folder(name):
@@ -115,6 +123,41 @@ def svd_student_archs(wildcards):
     return sorted(archs)
 
 
+# ---------------------------------------------------------------- FKD soft labels
+def soft_label_inputs(wildcards):
+    """The subset's manifest, and the checked teacher (or nothing more for an imported set:
+    FKD's files are read by path, thousands of them)."""
+    labels = CFG["soft_labels"][wildcards.labels]
+    inputs = {"manifest": paths.subset_manifest(R, labels["data"])}
+    if "generate" in labels:
+        teacher = labels["generate"]["teacher"]
+        inputs["teacher"] = paths.teacher_weights(R, teacher)
+        if "check" in CFG["teachers"][teacher]:
+            inputs["checked"] = paths.teacher_check(R, teacher)
+    return inputs
+
+
+def soft_label_params(wildcards):
+    return kcfg.resolve_soft_labels(CFG, wildcards.labels)
+
+
+def soft_label_shards(wildcards):
+    n = CFG["soft_labels"][wildcards.labels]["shards"]
+    return [
+        paths.soft_labels_shard(R, wildcards.labels, k, suffix)
+        for k in range(n)
+        for suffix in ("bin", "npz")
+    ]
+
+
+def soft_labels_out_dir(wildcards):
+    return paths.soft_labels_dir(R, wildcards.labels)
+
+
+def soft_labels_state(wildcards):
+    return paths.state_dir(R, "softlabels", wildcards.labels)
+
+
 # ---------------------------------------------------------------- pre-training
 def pretrain_inputs(wildcards):
     run = CFG["pretrain"][wildcards.run]
@@ -122,9 +165,14 @@ def pretrain_inputs(wildcards):
         path = run["checkpoint"]["path"]
         return {} if kcfg.is_placeholder(path) else {"checkpoint": path}
     inputs = {"manifest": paths.subset_manifest(R, run["data"])}
+    if run["method"] in kcfg.METHODS_WITH_HEAD:
+        dataset = CFG["subsets"][run["data"]]["dataset"]
+        inputs["val_manifest"] = paths.dataset_manifest(R, dataset, "test")
     if run["method"] == "kdep":
         inputs["teacher"] = paths.teacher_weights(R, run["teacher"])
         inputs["svd"] = paths.svd_file(R, run["teacher"], kcfg.svd_subset_of(CFG, wildcards.run))
+    if run["method"] == "fkd":
+        inputs["soft_labels"] = paths.soft_labels_store(R, run["fkd"]["soft_labels"])
     return inputs
 
 

@@ -1,4 +1,5 @@
-"""The built-in demo, end to end: KDEP must beat scratch and KDEP from an untrained teacher.
+"""The built-in demo, end to end: KDEP and FKD must beat scratch by a clear margin, and KDEP from a
+trained teacher must beat KDEP from an untrained one.
 
 Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 10
 minutes on 2 cores), unless KDFLOW_DEMO_RESULTS points at the results of a finished demo run.
@@ -19,7 +20,7 @@ from conftest import REPO, tool
 
 pytestmark = pytest.mark.slow
 
-KDEP, UNTRAINED, SCRATCH = "kdep_r18_r18_in48", "kdep_untrained_r18_in48", "scratch"
+KDEP, FKD, UNTRAINED, SCRATCH = "kdep_r18_r18_in48", "fkd_r18_in48", "kdep_untrained_r18_in48", "scratch"
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,23 @@ def _top1(results: Path) -> pd.DataFrame:
     return table.set_index("run")
 
 
-def test_kdep_beats_scratch_by_a_clear_margin(demo_results):
+@pytest.mark.parametrize("method_run", [KDEP, FKD])
+def test_distillation_beats_scratch_by_a_clear_margin(demo_results, method_run):
+    """The margin rule: mean gap > max(2 points, 2 x the larger of the two seed std's)."""
     stats = _top1(demo_results)
-    assert stats.loc[KDEP, "n"] == 3 and stats.loc[SCRATCH, "n"] == 3
-    gap = stats.loc[KDEP, "mean"] - stats.loc[SCRATCH, "mean"]
-    margin = max(2.0, 2 * max(stats.loc[KDEP, "std"], stats.loc[SCRATCH, "std"]))
-    assert gap > margin, f"KDEP - scratch = {gap:.2f} points, needs > {margin:.2f}\n{stats}"
+    assert stats.loc[method_run, "n"] == 3 and stats.loc[SCRATCH, "n"] == 3
+    gap = stats.loc[method_run, "mean"] - stats.loc[SCRATCH, "mean"]
+    margin = max(2.0, 2 * max(stats.loc[method_run, "std"], stats.loc[SCRATCH, "std"]))
+    assert gap > margin, f"{method_run} - scratch = {gap:.2f} points, needs > {margin:.2f}\n{stats}"
+
+
+def test_fkd_replayed_the_stored_soft_labels(demo_results):
+    store = json.loads((demo_results / "softlabels" / "demo_r18_in48" / "store.json").read_text())
+    assert store["crops_per_image"] == 32 and store["bytes_per_crop"] == 10  # top-5 of 16 classes
+    assert store["recovery"]["stored_max_abs_error"] <= 1 / 255 + 1e-6
+    log = pd.read_csv(demo_results / "pretrain" / FKD / "log.csv")
+    assert list(log["epoch"]) == [4, 5, 6, 7, 8, 9, 10]  # one 4-crop pass, then 6 single-crop passes
+    assert "soft_ce" in log.columns and log["soft_ce"].iloc[-1] < log["soft_ce"].iloc[0]
 
 
 def test_trained_teacher_beats_untrained_teacher(demo_results):
@@ -62,6 +74,6 @@ def test_compared_runs_used_the_identical_transfer_protocol(demo_results):
             found.append(json.dumps(json.loads(prov.read_text())["config"]["protocol"], sort_keys=True))
         return found
 
-    kdep, scratch, untrained = protocols(KDEP), protocols(SCRATCH), protocols(UNTRAINED)
-    assert len(kdep) == len(scratch) == len(untrained) == 3
-    assert len(set(kdep + scratch + untrained)) == 1
+    found = [protocols(run) for run in (KDEP, FKD, SCRATCH, UNTRAINED)]
+    assert [len(f) for f in found] == [3, 3, 3, 3]
+    assert len(set(sum(found, []))) == 1

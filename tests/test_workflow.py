@@ -58,11 +58,11 @@ def tiny_run(tmp_path_factory):
 def test_tiny_dag_produces_every_artefact(tiny_run):
     config, results = tiny_run
     table = (results / "tables" / "classification.md").read_text()
-    for run in ("scratch", "sup", "kdep", "kdep_random", "kdep_released"):
+    for run in ("scratch", "sup", "kdep", "kdep_random", "kdep_released", "fkd"):
         assert f"| {run} |" in table
     assert "mean ± sample standard deviation" in table
     metrics = sorted((results / "transfer" / "classification" / "tdown").glob("*/seed*/metrics.json"))
-    assert len(metrics) == 10
+    assert len(metrics) == 12
     record = json.loads(metrics[0].read_text())
     assert record["task"] == "classification" and {m["checkpoint"] for m in record["metrics"]} == {"best", "final"}
     svd_prov = json.loads((results / "svd" / "tiny_teacher" / "tin_25.provenance.json").read_text())
@@ -79,6 +79,11 @@ def test_tiny_dag_produces_every_artefact(tiny_run):
     released = json.loads((results / "transfer" / "classification" / "tdown" / "kdep_released" / "seed0"
                            / "provenance.json").read_text())
     assert released["load"]["missing"] == ["fc.bias", "fc.weight"]  # only the new head is not loaded
+    store = json.loads((results / "softlabels" / "tiny_labels" / "store.json").read_text())
+    assert [s["count"] for s in store["shards"]] == [50, 50] and store["teacher"]["name"] == "tiny_teacher"
+    assert store["bytes_per_crop"] == 4 and store["recovery"]["stored_max_abs_error"] <= 1 / 255 + 1e-6
+    fkd_log = (results / "pretrain" / "fkd" / "log.csv").read_text().splitlines()
+    assert fkd_log[0].split(",")[:5] == ["epoch", "pass", "lr", "loss", "soft_ce"] and len(fkd_log) == 2  # 1 pass = 2 epochs
     teacher_metrics = json.loads((results / "teachers" / "tiny_teacher" / "metrics.json").read_text())
     assert teacher_metrics["metrics"][0]["metric"] == "val_top1"
 

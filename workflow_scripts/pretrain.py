@@ -1,4 +1,4 @@
-"""Rule pretrain: one pre-training run (kdep, supervised, ...) -> pretrain/<run>/student.safetensors.
+"""Rule pretrain: one pre-training run (kdep, fkd, supervised, ...) -> pretrain/<run>/student.safetensors.
 
 Resumable: the training state lives in <results>/state/pretrain/<run>/ and a re-run continues
 from the last completed epoch.
@@ -8,16 +8,20 @@ Multi-process:  torchrun --standalone --nproc-per-node N workflow_scripts/pretra
 """
 
 import argparse
+import os
 
 from kdflow import paths
-from kdflow.config import load_config, resolve_run, svd_subset_of
+from kdflow.config import METHODS_WITH_HEAD, load_config, resolve_run, svd_subset_of
 from kdflow.jobs.common import script_main
 from kdflow.jobs.pretrain import import_student, pretrain
 
 
 def from_snakemake(smk):
+    soft_labels = smk.input.get("soft_labels")
     return argparse.Namespace(run=smk.params.run, manifest=smk.input.get("manifest"), out_dir=smk.params.out_dir,
-                              state=smk.params.state, teacher=smk.input.get("teacher"), svd=smk.input.get("svd"))
+                              state=smk.params.state, teacher=smk.input.get("teacher"), svd=smk.input.get("svd"),
+                              soft_labels=os.path.dirname(soft_labels) if soft_labels else None,
+                              val_manifest=smk.input.get("val_manifest"))
 
 
 def from_cli():
@@ -35,6 +39,9 @@ def from_cli():
         out_dir=paths.pretrain_dir(results, args.run), state=paths.state_dir(results, "pretrain", args.run),
         teacher=paths.teacher_weights(results, teacher) if teacher else None,
         svd=paths.svd_file(results, teacher, svd_subset_of(cfg, args.run)) if run["method"] == "kdep" else None,
+        soft_labels=paths.soft_labels_dir(results, run["fkd"]["soft_labels"]) if run["method"] == "fkd" else None,
+        val_manifest=(paths.dataset_manifest(results, run["data"]["dataset"]["name"], "test")
+                      if run["method"] in METHODS_WITH_HEAD else None),
         threads=args.threads)
 
 
@@ -42,7 +49,8 @@ def run(args):
     if args.run["method"] == "imported":
         import_student(args.run, args.out_dir)
         return
-    pretrain(args.run, args.manifest, args.out_dir, args.state, teacher_path=args.teacher, svd_path=args.svd)
+    pretrain(args.run, args.manifest, args.out_dir, args.state, teacher_path=args.teacher, svd_path=args.svd,
+             soft_labels=args.soft_labels, val_manifest_path=args.val_manifest)
 
 
 if __name__ == "__main__":

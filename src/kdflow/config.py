@@ -24,6 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema" / "config.schema.yaml"
 
 METHODS_NEEDING_TEACHER = {"kdep"}
+# Methods whose student has a classification head over the pre-training classes: evaluated on the
+# test split of the pre-training dataset (FKD's headline number is the student's ImageNet top-1).
+METHODS_WITH_HEAD = {"supervised", "fkd"}
 
 # KDEP's classification transfer protocol (methods.md 1.8): full fine-tuning, SGD 0.9, wd 5e-4,
 # lr 0.001, 150 epochs with x0.1 every 50, batch 64, RandomResizedCrop(224) + flip, test
@@ -136,8 +139,16 @@ def reference_errors(cfg: dict) -> list[str]:
         if "train" in teacher:
             where = f"config.teachers.{name}.train.data"
             _check_ref(problems, where, teacher["train"]["data"], "subsets", cfg, "subset")
+    for name, labels in cfg["soft_labels"].items():
+        where = f"config.soft_labels.{name}"
+        _check_ref(problems, f"{where}.data", labels["data"], "subsets", cfg, "subset")
+        if "generate" in labels:
+            _check_ref(problems, f"{where}.generate.teacher", labels["generate"]["teacher"], "teachers", cfg,
+                       "teacher")
     for name, run in cfg["pretrain"].items():
         where = f"config.pretrain.{name}"
+        if run["method"] == "fkd":
+            problems += _fkd_errors(cfg, where, run)
         _check_ref(problems, f"{where}.student", run["student"], "students", cfg, "student")
         method = run["method"]
         if method in METHODS_NEEDING_TEACHER:
@@ -179,6 +190,19 @@ def reference_errors(cfg: dict) -> list[str]:
     return problems
 
 
+def _fkd_errors(cfg: dict, where: str, run: dict) -> list[str]:
+    problems: list[str] = []
+    name = run["fkd"].get("soft_labels")
+    if name is None:
+        return [f"{where}.fkd.soft_labels: method 'fkd' needs a soft_labels entry to replay"]
+    _check_ref(problems, f"{where}.fkd.soft_labels", name, "soft_labels", cfg, "soft-label set")
+    labels = cfg["soft_labels"].get(name)
+    if labels is not None and "data" in run and labels["data"] != run["data"]:
+        problems.append(f"{where}.data: {run['data']!r} differs from {labels['data']!r}, the subset the soft "
+                        f"labels {name!r} were made for")
+    return problems
+
+
 # --------------------------------------------------------------------------- resolved slices
 
 
@@ -206,6 +230,14 @@ def resolve_student(cfg: dict, name: str) -> dict:
     return {"name": name, **copy.deepcopy(cfg["students"][name])}
 
 
+def resolve_soft_labels(cfg: dict, name: str) -> dict:
+    labels = copy.deepcopy(cfg["soft_labels"][name])
+    labels["data"] = resolve_subset(cfg, labels["data"])
+    if "generate" in labels:
+        labels["generate"]["teacher"] = resolve_teacher(cfg, labels["generate"]["teacher"])
+    return {"name": name, **labels}
+
+
 def svd_subset_of(cfg: dict, run_name: str) -> str:
     run = cfg["pretrain"][run_name]
     return run.get("kdep", {}).get("svd_subset") or run["data"]
@@ -227,6 +259,9 @@ def resolve_run(cfg: dict, name: str) -> dict:
     if method == "kdep":
         out["kdep"] = {**run["kdep"], "svd_subset": svd_subset_of(cfg, name)}
         out["svd"] = cfg["svd"]
+    if method == "fkd":
+        out["fkd"] = run["fkd"]
+        out["soft_labels"] = resolve_soft_labels(cfg, run["fkd"]["soft_labels"])
     return out
 
 
@@ -284,7 +319,8 @@ def is_placeholder(value: Any) -> bool:
 
 
 def check_dataset_roots(cfg: dict, names) -> None:
-    """Fail before any job starts if a user dataset folder (or one of its splits) is missing."""
+    """Fail before any job starts if a user dataset folder (or one of its splits), or the folder of
+    imported FKD soft labels, is missing."""
     problems = []
     for name in names:
         ds = cfg["datasets"][name]
@@ -297,5 +333,12 @@ def check_dataset_roots(cfg: dict, names) -> None:
         for key in ("train_split", "val_split") if ds["format"] == "imagefolder" else ():
             if not (root / ds[key]).is_dir():
                 problems.append(f"config.datasets.{name}.{key}: folder {root / ds[key]} does not exist")
+    for name, labels in cfg["soft_labels"].items():
+        root = labels.get("import", {}).get("root")
+        if root is None or is_placeholder(root):
+            continue
+        if not (Path(root) / "train").is_dir():
+            problems.append(f"config.soft_labels.{name}.import.root: {root} has no train/ folder "
+                            "(FKD's layout: <root>/train/<wnid>/<image stem>.tar)")
     if problems:
         raise ConfigError("missing dataset folders:\n  " + "\n  ".join(problems))

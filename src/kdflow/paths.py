@@ -51,6 +51,24 @@ def svd_file(results, teacher, subset) -> str:
     return _p(results, "svd", teacher, f"{subset}.safetensors")
 
 
+def soft_labels_dir(results, labels) -> str:
+    return _p(results, "softlabels", labels)
+
+
+def soft_labels_store(results, labels) -> str:
+    """The file a finished store is known by (its index and shards lie beside it)."""
+    return _p(soft_labels_dir(results, labels), "store.json")
+
+
+def shard_name(shard, suffix) -> str:
+    """``suffix``: ``bin`` (the records) or ``npz`` (that shard's part of the index)."""
+    return f"shard-{shard}.{suffix}"
+
+
+def soft_labels_shard(results, labels, shard, suffix) -> str:
+    return _p(soft_labels_dir(results, labels), shard_name(shard, suffix))
+
+
 def pretrain_dir(results, run) -> str:
     return _p(results, "pretrain", run)
 

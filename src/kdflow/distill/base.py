@@ -70,11 +70,14 @@ def pass_seed(seed: int, pass_index: int, stream: int = 0) -> int:
 
 class Method:
     name: ClassVar[str] = "base"
-    #: how many classes the student's head needs (None: a head-less feature student)
-    needs_head: ClassVar[bool] = False
 
     def __init__(self, context: MethodContext):
         self.ctx = context
+
+    @classmethod
+    def head_classes(cls, data: Manifest, artefacts: dict) -> int:
+        """Classes of the student's head (0: a head-less feature student, as KDEP's)."""
+        return 0
 
     # (c) -------------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -101,20 +104,22 @@ class Method:
 
 
 class ManifestBatches:
-    """A sized iterable of ``{"image", "label"}`` batches for one pass over a manifest dataset.
+    """A sized iterable of batches for one pass over a manifest dataset: ``{"image", "label"}``
+    from ``(image, label)`` items, or the collated dict of dict items.
 
     The order is a permutation seeded by ``(seed, pass)``; each rank takes every
     ``world_size``-th index, and the per-rank batch is the global batch divided by the world size,
-    so the global batch follows the config whatever the number of processes.
+    so the global batch follows the config whatever the number of processes. ``batch_size``
+    (default: the training config's) counts dataset items, e.g. images for FKD's multi-crop items.
     """
 
-    def __init__(self, ctx: MethodContext, dataset, pass_index: int):
+    def __init__(self, ctx: MethodContext, dataset, pass_index: int, batch_size: int | None = None):
         self.ctx = ctx
         self.dataset = dataset
         self.pass_index = pass_index
-        global_batch = ctx.training["batch_size"]
+        global_batch = batch_size or ctx.training["batch_size"]
         if global_batch % ctx.world_size:
-            raise ValueError(f"batch_size {global_batch} is not divisible by {ctx.world_size} processes")
+            raise ValueError(f"a global batch of {global_batch} is not divisible by {ctx.world_size} processes")
         self.batch = global_batch // ctx.world_size
         order = np.random.default_rng(pass_seed(ctx.seed, pass_index)).permutation(len(dataset))
         usable = len(order) - len(order) % ctx.world_size
@@ -136,5 +141,5 @@ class ManifestBatches:
             generator=generator,
             pin_memory=self.ctx.device.type == "cuda",
         )
-        for images, labels in loader:
-            yield {"image": images, "label": labels}
+        for item in loader:
+            yield item if isinstance(item, dict) else {"image": item[0], "label": item[1]}

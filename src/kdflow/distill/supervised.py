@@ -11,7 +11,9 @@ from kdflow.distill.base import Method, register_method
 
 @register_method("supervised")
 class Supervised(Method):
-    needs_head = True
+    @classmethod
+    def head_classes(cls, data, artefacts) -> int:
+        return data.num_classes
 
     def loss(self, student, batch):
         logits = student(batch["image"], output="logits")

@@ -55,32 +55,56 @@ def import_student(run: dict, out_dir: str | Path) -> dict:
     return extra
 
 
+def _head_evaluation(student: Network, data, val_manifest_path, training: dict, dist):
+    """Top-1 of the student's own head on the pre-training dataset's test split."""
+    from kdflow.train.evaluate import top1
+
+    val = read_manifest(val_manifest_path)
+    if val.classes != data.classes or student.net.num_classes != val.num_classes:
+        raise ValueError(f"{val_manifest_path}: its {val.num_classes} classes are not the student head's "
+                         f"{student.net.num_classes} classes of {len(data.classes)}-class training data")
+
+    def evaluate(model):
+        return {"val_top1": round(top1(model, val, training["eval"], dist.device, workers=training["workers"]), 4)}
+
+    return evaluate
+
+
 def pretrain(run: dict, manifest_path: str | Path, out_dir: str | Path, state_dir: str | Path,
-             teacher_path: str | Path | None = None, svd_path: str | Path | None = None) -> dict:
-    """``run`` is a resolved pre-training run (kdflow.config.resolve_run)."""
+             teacher_path: str | Path | None = None, svd_path: str | Path | None = None,
+             soft_labels: str | Path | None = None, val_manifest_path: str | Path | None = None) -> dict:
+    """``run`` is a resolved pre-training run (kdflow.config.resolve_run). A student with a head over
+    the pre-training classes (supervised, FKD) is evaluated on ``val_manifest_path``."""
     out_dir = Path(out_dir)
     training = run["training"]
     config_hash = hash_data(run)
     prov = Provenance("pretrain", name=run["name"], config=run, seeds={"training": training["seed"]},
                       threads=torch.get_num_threads())
-    prov.add_inputs([p for p in (manifest_path, teacher_path, svd_path) if p])
+    prov.add_inputs([p for p in (manifest_path, teacher_path, svd_path, val_manifest_path) if p])
+    if soft_labels:
+        prov.add_inputs([Path(soft_labels) / "store.json"])
     dist = distributed.setup()
     data = read_manifest(manifest_path)
     method = get_method(run["method"])
     torch.manual_seed(training["seed"])
-    student = Network(run["student"]["arch"], num_classes=data.num_classes if method.needs_head else 0,
+    artefacts = {"svd": svd_path, "soft_labels": soft_labels}
+    student = Network(run["student"]["arch"], num_classes=method.head_classes(data, artefacts),
                       input_spec=InputSpec.from_config(run["student"].get("input")))
+    artefacts["student_width"] = student.num_features
     teacher = load_teacher(teacher_path) if teacher_path else None
-    artefacts = {"svd": svd_path, "student_width": student.num_features}
+    evaluate = _head_evaluation(student, data, val_manifest_path, training, dist) if val_manifest_path else None
     result = train(run["method"], student, data, training, seed=training["seed"], run_dir=out_dir,
                    state_dir=state_dir, config_hash=config_hash, dist=dist, teacher=teacher,
-                   options=run.get(run["method"], {}), artefacts=artefacts, desc=f"pretrain {run['name']}")
+                   options=run.get(run["method"], {}), artefacts=artefacts, evaluate=evaluate,
+                   desc=f"pretrain {run['name']}")
     if dist.rank == 0:
         student = student.cpu()
         save_weights(out_dir / "student.safetensors", student.backbone_state_dict(),
                      student_metadata(student, run, config_hash, result["epochs"]))
         last = result["rows"][-1]
         metrics = [{"metric": "train_loss", "value": last["loss"], "checkpoint": "final"}]
+        if "val_top1" in last:
+            metrics.append({"metric": "val_top1", "value": last["val_top1"], "checkpoint": "final"})
         write_json(out_dir / "metrics.json", metrics_record("pretrain", run["data"]["name"], run["name"],
                                                             training["seed"], metrics, config_hash=config_hash))
         prov.write(out_dir / "provenance.json", extra={"epochs": result["epochs"], "passes": result["passes"]})

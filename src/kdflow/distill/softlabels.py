@@ -1,0 +1,416 @@
+"""FKD soft labels: quantisation, and a compact sharded store that replay reads memory-mapped.
+
+Quantisation (methods.md 2.3), for teacher probabilities p over C classes with top-k indices pi:
+
+* ``hard``               argmax; recovered one-hot
+* ``smoothing``          top-1; q_c = p_c on it, (1 - p_pi1) / (C - 1) elsewhere
+* ``marginal_smoothing`` top-k; q_c = p_c on them, (1 - sum_topk p) / (C - k) elsewhere (sums to 1)
+* ``marginal_renorm``    top-k; q_c = p_c / sum_topk p on them, 0 elsewhere
+* ``full``               all C probabilities (float16)
+
+The top-k probabilities are stored as 8-bit *cumulative* sums c_j = round(255 * sum_{i<=j} p_pi_i):
+every recovered probability is within 1/255 of the teacher's, their sum within 1/510, and the sum
+can never exceed 1 (which independent rounding of each probability would allow). Class indices
+take one byte when C <= 256, else two. Top-5 over ImageNet's 1000 classes is 15 bytes per crop.
+
+Crop boxes and flips are not stored for generated sets: every image keeps a 64-bit seed from which
+``kdflow.data.multicrop.sample_crops`` regenerates them (plus its width and height, checked at
+replay). Sets imported from FKD's published files keep their fractional boxes (4 x uint16) and
+flips (uint8) per crop.
+
+On disk, a store is a folder::
+
+    store.json          format, codec, crops per image, sampling, teacher, shards (+ sha256 each)
+    index.npz           per image: seed, width, height
+    shard-<k>.bin       raw fixed-size records of the crops of a contiguous range of images
+    shard-<k>.npz       that shard's part of the index (written by its job, merged into index.npz)
+
+A shard is written by one job, resumably: records are appended to a partial file in the state
+folder and committed (fsync + progress file) every few hundred images; a re-run truncates to the
+last commit and continues, so an interrupted shard ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdflow.data.multicrop import BOX_SCALE, CropPlan, boxes_from_fractions, sample_crops
+from kdflow.io import read_json, sha256_file, write_json, write_with
+from kdflow.paths import shard_name
+
+FORMAT = "kdflow-softlabels/1"
+STORE_FILE = "store.json"
+INDEX_FILE = "index.npz"
+LABEL_TYPES = ("hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full")
+
+
+class SoftLabelError(ValueError):
+    """A soft-label store or source file that cannot be used; the message names the file."""
+
+
+# --------------------------------------------------------------------------- quantisation
+
+
+@dataclass(frozen=True)
+class LabelCodec:
+    """How one crop's teacher distribution is stored and recovered."""
+
+    type: str
+    k: int
+    num_classes: int
+    explicit_boxes: bool = False  # imported sets: boxes and flips stored per crop
+
+    def __post_init__(self):
+        if self.type not in LABEL_TYPES:
+            raise SoftLabelError(f"unknown label type {self.type!r} (known: {', '.join(LABEL_TYPES)})")
+        if self.type in ("marginal_smoothing", "marginal_renorm") and not 1 <= self.k < self.num_classes:
+            raise SoftLabelError(f"label type {self.type!r} needs 1 <= k < {self.num_classes} classes, got k={self.k}")
+        if self.num_classes > 65536:
+            raise SoftLabelError(f"{self.num_classes} classes do not fit 16-bit class indices")
+
+    @property
+    def stored_k(self) -> int:
+        return {"hard": 1, "smoothing": 1, "full": 0}.get(self.type, self.k)
+
+    @property
+    def dtype(self) -> np.dtype:
+        index = np.uint8 if self.num_classes <= 256 else np.dtype("<u2")
+        if self.type == "full":
+            fields = [("prob", "<f2", (self.num_classes,))]
+        elif self.type == "hard":
+            fields = [("idx", index, (1,))]
+        else:
+            fields = [("idx", index, (self.stored_k,)), ("cum", np.uint8, (self.stored_k,))]
+        if self.explicit_boxes:
+            fields += [("box", "<u2", (4,)), ("flip", np.uint8)]
+        return np.dtype(fields)  # packed: no alignment padding
+
+    @property
+    def bytes_per_crop(self) -> int:
+        return self.dtype.itemsize
+
+    def encode(self, probs: torch.Tensor) -> np.ndarray:
+        """Teacher probabilities (n, C) -> n records (without boxes)."""
+        probs = probs.detach().float().cpu()
+        if probs.shape[1] != self.num_classes:
+            raise SoftLabelError(f"teacher gives {probs.shape[1]} classes, the codec expects {self.num_classes}")
+        out = np.zeros(len(probs), dtype=self.dtype)
+        if self.type == "full":
+            out["prob"] = probs.numpy().astype(np.float16)
+            return out
+        values, indices = probs.topk(self.stored_k, dim=1)
+        out["idx"] = indices.numpy()
+        if self.type != "hard":
+            out["cum"] = quantise_cumulative(values.numpy())
+        return out
+
+    def encode_topk(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Already-selected top-k (sorted descending), as FKD's files hold them -> records."""
+        out = np.zeros(len(indices), dtype=self.dtype)
+        out["idx"] = indices[:, : self.stored_k]
+        if self.type != "hard":
+            out["cum"] = quantise_cumulative(values[:, : self.stored_k])
+        return out
+
+    def decode(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Records as tensors (any device; leading batch dims allowed) -> (..., C) float32."""
+        if self.type == "full":
+            prob = fields["prob"].float()
+            return prob / prob.sum(-1, keepdim=True)
+        idx = fields["idx"].long()
+        lead, c = idx.shape[:-1], self.num_classes
+        if self.type == "hard":
+            return torch.nn.functional.one_hot(idx[..., 0], c).float()
+        cum = fields["cum"].float() / 255.0
+        top = torch.diff(cum, dim=-1, prepend=torch.zeros_like(cum[..., :1]))
+        if self.type == "marginal_renorm":
+            total = cum[..., -1:]
+            top = torch.where(total > 0, top / total.clamp_min(1e-12), torch.full_like(top, 1.0 / self.stored_k))
+            q = torch.zeros(*lead, c, device=idx.device)
+        else:  # smoothing is marginal smoothing with k = 1
+            rest = (1.0 - cum[..., -1:]).clamp_min(0.0) / (c - self.stored_k)
+            q = rest.expand(*lead, c).clone()
+        return q.scatter_(-1, idx, top)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantise_cumulative(values: np.ndarray) -> np.ndarray:
+    """Sorted top-k probabilities (n, k) -> 8-bit cumulative sums (see the module docstring)."""
+    cum = np.cumsum(np.asarray(values, dtype=np.float64), axis=1)
+    return np.clip(np.rint(cum * 255.0), 0, 255).astype(np.uint8)
+
+
+def record_tensors(records: np.ndarray) -> dict[str, torch.Tensor]:
+    """Structured records -> one tensor per field (class indices as int64)."""
+    out = {}
+    for name in records.dtype.names:
+        array = np.ascontiguousarray(records[name])
+        out[name] = torch.from_numpy(array.astype(np.int64) if name == "idx" else array)
+    return out
+
+
+def recovery_error(codec: LabelCodec, probs: torch.Tensor) -> dict[str, float]:
+    """How far the stored-and-recovered distributions are from the teacher's fp32 ones.
+
+    ``max_abs_error`` and the KL cover the whole distribution, so they include what the label
+    type discards by design (the tail of a top-k); ``stored_max_abs_error`` is the storage error
+    alone, on the probabilities the type keeps (8-bit cumulative or float16).
+    """
+    records = record_tensors(codec.encode(probs))
+    recovered = codec.decode(records)
+    p = probs.float()
+    kl = (p * (p.clamp_min(1e-12).log() - recovered.clamp_min(1e-12).log())).sum(1)
+    if codec.type == "full":
+        stored = (records["prob"].float() - p).abs().max()
+    elif codec.type == "hard":
+        stored = torch.zeros(())
+    else:
+        idx = records["idx"]
+        kept = torch.diff(records["cum"].float() / 255.0, dim=1, prepend=torch.zeros(len(p), 1))
+        stored = (kept - p.gather(1, idx)).abs().max()
+    return {"max_abs_error": float((recovered - p).abs().max()), "stored_max_abs_error": float(stored),
+            "mean_kl": float(kl.mean()), "max_kl": float(kl.max())}
+
+
+# --------------------------------------------------------------------------- layout helpers
+
+
+def shard_range(num_images: int, num_shards: int, shard: int) -> tuple[int, int]:
+    """The contiguous image range ``[first, stop)`` of one shard (balanced to within one image)."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} is not in [0, {num_shards})")
+    return num_images * shard // num_shards, num_images * (shard + 1) // num_shards
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The crop seed of the ``index``-th image of the manifest: independent of sharding."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+
+
+def images_digest(paths) -> str:
+    """Identifies the ordered image list a store was made for."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+def shard_file(folder: str | Path, shard: int, suffix: str) -> Path:
+    return Path(folder) / shard_name(shard, suffix)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class ShardWriter:
+    """Appends the records of a shard's images in order, durable at every ``commit``.
+
+    Partial files live in ``state_dir`` (never a declared output, so a failed job's clean-up keeps
+    them). ``spec_hash`` identifies the configuration: a partial shard left by another one is
+    refused rather than mixed in.
+    """
+
+    def __init__(self, state_dir: str | Path, shard: int, first: int, stop: int, codec: LabelCodec,
+                 crops_per_image: int, spec_hash: str):
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.first, self.stop = first, stop
+        self.codec, self.crops = codec, crops_per_image
+        self.record_bytes = codec.bytes_per_crop * crops_per_image
+        self.data_path = self.dir / f"shard-{shard}.bin.partial"
+        self.sizes_path = self.dir / f"shard-{shard}.sizes.partial"
+        self.progress_path = self.dir / f"shard-{shard}.progress.json"
+        self.spec_hash = spec_hash
+        self.done = self._recover()
+        self._data = open(self.data_path, "ab")
+        self._sizes = open(self.sizes_path, "ab")
+        self.pending = 0
+
+    def _recover(self) -> int:
+        """Images already committed; files truncated to that point."""
+        done = 0
+        if self.progress_path.is_file():
+            progress = read_json(self.progress_path)
+            if progress["spec_hash"] != self.spec_hash:
+                raise SoftLabelError(
+                    f"{self.progress_path} belongs to a soft-label set with a different config "
+                    f"({progress['spec_hash'][:12]} vs {self.spec_hash[:12]}); delete {self.dir} to start over")
+            done = progress["images_done"]
+        for path, size in ((self.data_path, done * self.record_bytes), (self.sizes_path, done * 8)):
+            if path.exists():
+                with open(path, "r+b") as fh:
+                    fh.truncate(size)
+            elif size:
+                raise SoftLabelError(f"{path} is missing although {self.progress_path} records {done} images")
+        return done
+
+    @property
+    def next_image(self) -> int:
+        return self.first + self.done + self.pending
+
+    def append(self, records: np.ndarray, width: int, height: int) -> None:
+        if records.dtype != self.codec.dtype or len(records) != self.crops:
+            raise SoftLabelError(f"image {self.next_image}: expected {self.crops} records of {self.codec.dtype}, "
+                                 f"got {len(records)} of {records.dtype}")
+        self._data.write(records.tobytes())
+        self._sizes.write(np.array([width, height], dtype="<u4").tobytes())
+        self.pending += 1
+
+    def commit(self) -> None:
+        for fh in (self._data, self._sizes):
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done += self.pending
+        self.pending = 0
+        write_json(self.progress_path, {"spec_hash": self.spec_hash, "images_done": self.done})
+
+    def finish(self, bin_path: str | Path, index_path: str | Path, seeds: np.ndarray, extra: dict | None = None) -> dict:
+        """Move the complete shard into place and write its part of the index (``extra`` joins
+        the shard's info record)."""
+        self.commit()
+        self._data.close()
+        self._sizes.close()
+        count = self.stop - self.first
+        if self.done != count:
+            raise SoftLabelError(f"{self.data_path}: {self.done} of {count} images written")
+        sizes = np.fromfile(self.sizes_path, dtype="<u4").reshape(-1, 2)
+        digest = sha256_file(self.data_path)
+        info = {"first": self.first, "count": count, "bytes": self.data_path.stat().st_size, "sha256": digest,
+                **(extra or {})}
+        write_with(index_path, lambda tmp: np.savez(
+            _npz_handle(tmp), seed=np.asarray(seeds, dtype=np.uint64), width=sizes[:, 0], height=sizes[:, 1],
+            info=np.array(json.dumps(info))))
+        _move(self.data_path, Path(bin_path))
+        for path in (self.sizes_path, self.progress_path):
+            path.unlink(missing_ok=True)
+        return info
+
+    def close(self) -> None:
+        for fh in (self._data, self._sizes):
+            if not fh.closed:
+                fh.close()
+
+
+def _npz_handle(tmp: Path):
+    return open(tmp, "wb")  # np.savez would append ".npz" to a bare path without that suffix
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+    except OSError:  # the state folder is on another file system
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        src.unlink()
+
+
+def assemble_store(folder: str | Path, num_shards: int, meta: dict) -> dict:
+    """Merge the shards' index parts into ``index.npz`` and write ``store.json``."""
+    folder = Path(folder)
+    parts, shards = [], []
+    expected_first = 0
+    for k in range(num_shards):
+        with np.load(shard_file(folder, k, "npz")) as npz:
+            info = json.loads(str(npz["info"]))
+            parts.append({name: npz[name] for name in ("seed", "width", "height")})
+        if info["first"] != expected_first:
+            raise SoftLabelError(f"{shard_file(folder, k, 'npz')} starts at image {info['first']}, "
+                                 f"expected {expected_first}")
+        bin_path = shard_file(folder, k, "bin")
+        if bin_path.stat().st_size != info["bytes"]:
+            raise SoftLabelError(f"{bin_path} has {bin_path.stat().st_size} bytes, its index says {info['bytes']}")
+        expected_first += info["count"]
+        shards.append({"file": bin_path.name, **{k: info[k] for k in ("first", "count", "bytes", "sha256")}})
+    if expected_first != meta["images"]["count"]:
+        raise SoftLabelError(f"shards of {folder} hold {expected_first} images, the manifest has {meta['images']['count']}")
+    index = {name: np.concatenate([p[name] for p in parts]) for name in ("seed", "width", "height")}
+    write_with(folder / INDEX_FILE, lambda tmp: np.savez(_npz_handle(tmp), **index))
+    store = {"format": FORMAT, **meta, "shards": shards,
+             "bytes_per_crop": LabelCodec(**meta["codec"]).bytes_per_crop,
+             "total_bytes": sum(s["bytes"] for s in shards)}
+    write_json(folder / STORE_FILE, store)
+    return store
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class SoftLabelStore:
+    """Read access to a store; shards are memory-mapped lazily (once per process/worker)."""
+
+    def __init__(self, folder: str | Path, verify: bool = True):
+        self.folder = Path(folder)
+        meta_path = self.folder / STORE_FILE
+        if not meta_path.is_file():
+            raise SoftLabelError(f"no soft-label store at {self.folder} ({STORE_FILE} missing)")
+        self.meta = read_json(meta_path)
+        if self.meta.get("format") != FORMAT:
+            raise SoftLabelError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        self.codec = LabelCodec(**self.meta["codec"])
+        self.crops_per_image = self.meta["crops_per_image"]
+        with np.load(self.folder / INDEX_FILE) as npz:
+            self.seeds, self.widths, self.heights = npz["seed"], npz["width"], npz["height"]
+        self._firsts = np.array([s["first"] for s in self.meta["shards"]])
+        self._maps: dict[int, np.memmap] = {}
+        if verify:
+            self.verify()
+
+    def __len__(self) -> int:
+        return self.meta["images"]["count"]
+
+    def __getstate__(self):  # DataLoader workers re-open their own memory maps
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
+
+    def verify(self) -> None:
+        """Checksum every shard; a changed byte fails naming the shard file."""
+        for shard in self.meta["shards"]:
+            path = self.folder / shard["file"]
+            if not path.is_file():
+                raise SoftLabelError(f"soft-label shard missing: {path}")
+            if path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
+                raise SoftLabelError(f"soft-label shard {path} is corrupt: its sha256 does not match {STORE_FILE}")
+
+    def check_images(self, sample_paths, where: str) -> None:
+        """The manifest being trained on must be the one the labels were made for, in order."""
+        if images_digest(sample_paths) != self.meta["images"]["sha256"]:
+            raise SoftLabelError(f"{self.folder} was made for another image list than {where} "
+                                 f"({self.meta['images']['count']} images, manifest {self.meta['images']['manifest']})")
+
+    def _map(self, k: int) -> np.memmap:
+        if k not in self._maps:
+            shard = self.meta["shards"][k]
+            self._maps[k] = np.memmap(self.folder / shard["file"], dtype=self.codec.dtype, mode="r")
+        return self._maps[k]
+
+    def records(self, i: int) -> np.ndarray:
+        """The stored crops of image ``i`` (manifest order)."""
+        k = int(np.searchsorted(self._firsts, i, side="right") - 1)
+        start = (i - self.meta["shards"][k]["first"]) * self.crops_per_image
+        return np.array(self._map(k)[start:start + self.crops_per_image])
+
+    def plan(self, i: int, width: int, height: int, records: np.ndarray, image_path: str = "") -> CropPlan:
+        """Pixel boxes and flips of image ``i``'s stored crops, for the image as decoded now."""
+        if self.codec.explicit_boxes:
+            return CropPlan(boxes_from_fractions(records["box"] / BOX_SCALE, width, height),
+                            records["flip"].astype(bool))
+        if (width, height) != (int(self.widths[i]), int(self.heights[i])):
+            raise SoftLabelError(
+                f"image {image_path or i} is {width}x{height} now but was {self.widths[i]}x{self.heights[i]} "
+                f"when the soft labels in {self.folder} were made; regenerate them")
+        sampling = self.meta["sampling"]
+        return sample_crops(int(self.seeds[i]), width, height, self.crops_per_image,
+                            tuple(sampling["scale"]), tuple(sampling["ratio"]))
