@@ -1,7 +1,7 @@
 """The built-in demo, end to end: KDEP and FKD must beat scratch by a clear margin, and KDEP from a
 trained teacher must beat KDEP from an untrained one.
 
-Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 10
+Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 12
 minutes on 2 cores), unless KDFLOW_DEMO_RESULTS points at the results of a finished demo run.
 """
 
