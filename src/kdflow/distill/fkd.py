@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from kdflow.data.imagefolder import ManifestDataset
 from kdflow.data.multicrop import cut_crops, to_unit_float
 from kdflow.distill.base import ManifestBatches, Method, register_method
-from kdflow.distill.softlabels import SoftLabelStore, record_tensors
+from kdflow.distill.softlabels import LABEL_FIELDS, SoftLabelStore, record_tensors
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -61,7 +61,7 @@ class ReplayDataset:
         plan = self.store.plan(i, image.width, image.height, records, path).take(rows)
         crops = cut_crops(image, plan, self.size, self.interpolation)
         label = self.images.manifest.samples[i].index
-        labels = record_tensors(records[rows][[f for f in records.dtype.names if f in ("idx", "cum", "prob")]])
+        labels = {k: v for k, v in record_tensors(records[rows]).items() if k in LABEL_FIELDS}
         return {"image": crops, "label": torch.full((self.n,), label, dtype=torch.long), **labels}
 
 
@@ -106,7 +106,7 @@ class FKD(Method):
         """(images, crops, ...) -> (images * crops, ...) on the device; soft targets recovered there."""
         device = self.ctx.device
         flat = {k: v.flatten(0, 1).to(device, non_blocking=True) for k, v in batch.items()}
-        target = self.codec.decode({k: flat.pop(k) for k in ("idx", "cum", "prob") if k in flat})
+        target = self.codec.decode({k: flat.pop(k) for k in LABEL_FIELDS if k in flat})
         out = {"image": to_unit_float(flat["image"]), "label": flat["label"], "target": target}
         if self.mixup["enabled"]:
             out = mix_batch(out, self.mixup)

@@ -50,6 +50,8 @@ FORMAT = "kdflow-softlabels/1"
 STORE_FILE = "store.json"
 INDEX_FILE = "index.npz"
 LABEL_TYPES = ("hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full")
+#: Record fields that hold a label (the others, box and flip, say where the crop was)
+LABEL_FIELDS = ("idx", "cum", "prob")
 
 
 class SoftLabelError(ValueError):

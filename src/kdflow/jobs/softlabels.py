@@ -199,7 +199,6 @@ def soft_label_job_paths(cfg: dict, labels: str) -> dict:
             "state": paths.state_dir(results, "softlabels", labels)}
 
 
-
 def _setup(spec: dict, manifest: Manifest, teacher_path):
     """(codec, crops per image, teacher or None)."""
     if "import" in spec:
@@ -223,7 +222,9 @@ def soft_label_shard(spec: dict, manifest_path: str | Path, shard: int, out_fold
     codec, crops, teacher = _setup(spec, manifest, teacher_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     first, stop = shard_range(len(manifest), spec["shards"], shard)
-    spec_hash = hash_data({"spec": spec, "teacher": sha256_file(teacher_path) if teacher_path else None,
+    # what the records depend on (not workers or commit_every: a resumed job may change those)
+    content = {k: v for k, v in spec.items() if k not in ("workers", "commit_every")}
+    spec_hash = hash_data({"spec": content, "teacher": sha256_file(teacher_path) if teacher_path else None,
                            "images": images_digest(s.path for s in manifest.samples)})
     writer = ShardWriter(state_dir, shard, first, stop, codec, crops, spec_hash)
     if writer.done:
