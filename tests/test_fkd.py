@@ -18,6 +18,7 @@ from kdflow.distill.softlabels import (
     ShardWriter,
     SoftLabelError,
     SoftLabelStore,
+    assemble_store,
     record_tensors,
     shard_file,
 )
@@ -36,11 +37,29 @@ def teacher_like_probs(n=64, classes=C, seed=0) -> torch.Tensor:
 # --------------------------------------------------------------------------- quantisation
 
 
+def through_a_store(codec: LabelCodec, probs: torch.Tensor, folder) -> torch.Tensor:
+    """Quantise -> write a one-shard store (4 crops per image) -> read it back -> recover."""
+    crops, images = 4, len(probs) // 4
+    writer = ShardWriter(folder / "state", 0, 0, images, codec, crops, spec_hash="x")
+    records = codec.encode(probs)
+    for i in range(images):
+        writer.append(records[i * crops:(i + 1) * crops], 32, 24)
+    writer.finish(shard_file(folder, 0, "bin"), shard_file(folder, 0, "npz"), np.arange(images, dtype=np.uint64),
+                  extra={"crops_per_image": crops, "codec": codec.as_dict()})
+    assemble_store(folder, 1, {"codec": codec.as_dict(), "crops_per_image": crops,
+                               "images": {"count": images, "sha256": "-", "manifest": "-"}})
+    store = SoftLabelStore(folder)
+    assert store.meta["bytes_per_crop"] == codec.bytes_per_crop
+    read_back = np.concatenate([store.records(i) for i in range(images)])
+    assert read_back.tobytes() == records.tobytes()
+    return codec.decode(record_tensors(read_back))
+
+
 @pytest.mark.parametrize("label_type", LABEL_TYPES)
-def test_quantise_recover_each_label_type(label_type):
+def test_quantise_store_recover_each_label_type(label_type, tmp_path):
     p = teacher_like_probs()
     codec = LabelCodec(label_type, 3, C)
-    q = codec.decode(record_tensors(codec.encode(p)))
+    q = through_a_store(codec, p, tmp_path)
     assert q.shape == p.shape
     assert torch.allclose(q.sum(1), torch.ones(len(p)), atol=1e-5)  # every type recovers a distribution
     top_vals, top_idx = p.sort(1, descending=True)
