@@ -57,17 +57,13 @@ def import_student(run: dict, out_dir: str | Path) -> dict:
 
 def _head_evaluation(student: Network, data, val_manifest_path, training: dict, dist):
     """Top-1 of the student's own head on the pre-training dataset's test split."""
-    from kdflow.train.evaluate import top1
+    from kdflow.train.evaluate import val_top1
 
     val = read_manifest(val_manifest_path)
     if val.classes != data.classes or student.net.num_classes != val.num_classes:
         raise ValueError(f"{val_manifest_path}: its {val.num_classes} classes are not the student head's "
                          f"{student.net.num_classes} classes of {len(data.classes)}-class training data")
-
-    def evaluate(model):
-        return {"val_top1": round(top1(model, val, training["eval"], dist.device, workers=training["workers"]), 4)}
-
-    return evaluate
+    return val_top1(val, training, dist.device)
 
 
 def pretrain(run: dict, manifest_path: str | Path, out_dir: str | Path, state_dir: str | Path,

@@ -13,7 +13,7 @@ from kdflow.models import teacher as sources
 from kdflow.models.network import InputSpec, Network
 from kdflow.provenance import Provenance
 from kdflow.train import distributed
-from kdflow.train.evaluate import top1
+from kdflow.train.evaluate import top1, val_top1
 from kdflow.train.run import train
 from kdflow.train.trainer import discard_state
 
@@ -93,11 +93,9 @@ def _train_teacher(cfg, out_dir, state_dir, manifest_path, val_manifest_path, di
     torch.manual_seed(training["seed"])
     net = Network(cfg["arch"], num_classes=data.num_classes, input_spec=InputSpec.from_config(cfg.get("input")))
 
-    def evaluate(model):
-        return {"val_top1": round(top1(model, val, training["eval"], dist.device, workers=training["workers"]), 4)}
-
     result = train("supervised", net, data, training, seed=training["seed"], run_dir=out_dir,
-                   state_dir=state_dir, config_hash=hash_data(cfg), dist=dist, evaluate=evaluate,
+                   state_dir=state_dir, config_hash=hash_data(cfg), dist=dist,
+                   evaluate=val_top1(val, training, dist.device),
                    desc=f"teacher {cfg['name']}")
     last = result["rows"][-1]
     return net, [{"metric": "val_top1", "value": last["val_top1"], "checkpoint": "final"}]

@@ -24,3 +24,12 @@ def top1(model, manifest: Manifest, eval_spec: dict, device: torch.device, batch
         total += int(labels.numel())
     model.train(was_training)
     return 100.0 * correct / max(total, 1)
+
+
+def val_top1(manifest: Manifest, training: dict, device: torch.device):
+    """The trainer's ``evaluate`` callback: ``{"val_top1": ...}`` with the run's eval transform."""
+
+    def evaluate(model) -> dict:
+        return {"val_top1": round(top1(model, manifest, training["eval"], device, workers=training["workers"]), 4)}
+
+    return evaluate
