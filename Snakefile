@@ -26,6 +26,7 @@ include: "rules/softlabels.smk"
 include: "rules/pretrain.smk"
 include: "rules/transfer.smk"
 include: "rules/report.smk"
+include: "rules/checks.smk"
 
 
 rule all:

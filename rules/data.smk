@@ -15,6 +15,7 @@ rule demo_data:
     resources:
         mem_mb=2000,
         runtime=30,
+        gpu=0,
     params:
         spec=demo_spec,
     script:
@@ -37,6 +38,7 @@ rule prepare_dataset:
     resources:
         mem_mb=4000,
         runtime=120,
+        gpu=0,
     params:
         dataset=dataset_params,
     script:
@@ -58,6 +60,7 @@ rule imagenet_subset:
     resources:
         mem_mb=2000,
         runtime=60,
+        gpu=0,
     params:
         subset=subset_params,
         symlinks=paths.subset_symlinks(R, "{subset}"),

@@ -1,6 +1,8 @@
-# Pre-training (KDEP 1.4-1.6, and the supervised baseline): one rule, the method comes from the
-# run's config. The resumable state lives under <results>/state/, not among the outputs, so a
-# failed or preempted job never loses it.
+# Pre-training (KDEP 1.4-1.6, FKD 2.4, and the supervised baseline): one rule, the method comes
+# from the run's config. A job given N > 1 GPUs (the SLURM profile asks 4) is one SLURM job that
+# runs N DDP processes on its node, with the config's global batch and learning rate. The
+# resumable state lives under <results>/state/, not among the outputs, so a failed, cancelled or
+# preempted job never loses it; it is saved at every epoch end and on SLURM's pre-timeout signal.
 
 
 rule pretrain:
@@ -19,6 +21,7 @@ rule pretrain:
     resources:
         mem_mb=32000,
         runtime=2880,
+        gpu=1,
     params:
         run=run_params,
         out_dir=pretrain_out_dir,

@@ -18,6 +18,7 @@ rule tables:
     resources:
         mem_mb=1000,
         runtime=10,
+        gpu=0,
     params:
         report=CFG["report"],
         run_order=list(CFG["pretrain"]),

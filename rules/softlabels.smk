@@ -21,6 +21,7 @@ rule fkd_soft_label_shard:
     resources:
         mem_mb=16000,
         runtime=1440,
+        gpu=1,
     params:
         spec=soft_label_params,
         out_dir=soft_labels_out_dir,
@@ -45,6 +46,7 @@ rule fkd_soft_labels:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=0,
     params:
         spec=soft_label_params,
         out_dir=soft_labels_out_dir,

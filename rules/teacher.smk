@@ -18,6 +18,7 @@ rule teacher:
     resources:
         mem_mb=16000,
         runtime=1440,
+        gpu=1,
     params:
         teacher=teacher_params,
         state=paths.state_dir(R, "teacher", "{teacher}"),
@@ -40,6 +41,7 @@ rule teacher_eval:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=1,
     params:
         check=teacher_check_params,
     script:
@@ -63,6 +65,7 @@ rule svd_weights:
     resources:
         mem_mb=16000,
         runtime=240,
+        gpu=1,
     params:
         settings=CFG["svd"],
         student_archs=svd_student_archs,

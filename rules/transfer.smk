@@ -17,6 +17,7 @@ rule transfer_cls:
     resources:
         mem_mb=8000,
         runtime=720,
+        gpu=1,
     params:
         run=run_params,
         dataset=dataset_params,

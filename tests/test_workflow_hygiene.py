@@ -54,9 +54,43 @@ def test_every_rule_has_log_benchmark_env_and_no_lambda():
     assert len(rules) >= 7
     for body in rules:
         name = body.split(":")[0]
-        for directive in ("log:", "benchmark:", "conda:", "threads:", "resources:"):
+        for directive in ("log:", "benchmark:", "conda:", "threads:", "resources:", "mem_mb=", "runtime=", "gpu="):
             assert directive in body, f"rule {name} lacks {directive}"
     assert "lambda" not in text + (REPO / "Snakefile").read_text()
+
+
+def _rule_gpus() -> dict[str, int]:
+    text = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^rule (\w+):(?:(?!^rule ).)*?gpu=(\d+)", text, re.M | re.S)}
+
+
+def test_slurm_profile_resolves_from_the_root_and_covers_every_gpu_rule():
+    assert (REPO / "slurm").is_symlink() and (REPO / "slurm").resolve() == (REPO / "profiles" / "slurm").resolve()
+    profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm" and "slurm-status-command" not in profile  # sacct, the default
+    assert "--signal=URG@" in profile["default-resources"]["slurm_extra"]
+    gpus = _rule_gpus()
+    assert set(profile["set-resources"]) <= set(gpus) and set(profile["set-threads"]) <= set(gpus)
+    for rule, n in gpus.items():
+        if n:  # every GPU rule: its GPU count and no implicit task per GPU (one process launches the ranks)
+            assert profile["set-resources"][rule]["tasks_per_gpu"] == 0, rule
+            assert profile["set-resources"][rule]["gpu"] >= 1, rule
+    assert profile["set-resources"]["pretrain"]["gpu"] == 4
+    assert profile["set-resources"]["fkd_soft_label_shard"]["gpu"] == 1
+    plugin = _pins((REPO / "requirements.txt").read_text().splitlines())["snakemake-executor-plugin-slurm"]
+    version = tuple(int(x) for x in plugin.split("==")[1].split("."))
+    assert version >= (2, 7, 1)  # before 2.7.1 a gpu=N job got --ntasks-per-gpu and ran N copies
+
+
+def test_dry_run_with_the_slurm_profile_prints_slurm_resources():
+    out = subprocess.run([tool("snakemake"), "-n", "--profile", "slurm"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "Using profile slurm" in text
+    pretrain = re.search(r"^rule pretrain:\n(?:    .*\n)*?    resources: (.*)$", text, re.M).group(1)
+    for item in ("mem_mb=128000", "runtime=2880", "gpu=4", "tasks_per_gpu=0", "slurm_extra=--signal=URG@600"):
+        assert item in pretrain, pretrain
 
 
 def test_ci_runs_the_readme_test_command():

@@ -1,10 +1,11 @@
 """Rule pretrain: one pre-training run (kdep, fkd, supervised, ...) -> pretrain/<run>/student.safetensors.
 
-Resumable: the training state lives in <results>/state/pretrain/<run>/ and a re-run continues
-from the last completed epoch.
+Resumable: the training state lives in <results>/state/pretrain/<run>/ (saved at every epoch end,
+and mid-epoch on a stop signal: SLURM's pre-timeout signal, scancel, preemption); a re-run
+continues from the last saved step.
 
 By hand:  python workflow_scripts/pretrain.py --config config/config.yaml --run-id kdep_r18_r18_in48 --threads 2
-Multi-process:  torchrun --standalone --nproc-per-node N workflow_scripts/pretrain.py --config ... --run-id ...
+On N GPUs of one node (N DDP processes, the config's global batch):  add --gpus N
 """
 
 import argparse
@@ -29,6 +30,7 @@ def from_cli():
     parser.add_argument("--config", required=True)
     parser.add_argument("--run-id", dest="run", required=True, help="name of an entry under pretrain:")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     results = cfg["results"]
@@ -42,7 +44,7 @@ def from_cli():
         soft_labels=paths.soft_labels_dir(results, run["fkd"]["soft_labels"]) if run["method"] == "fkd" else None,
         val_manifest=(paths.dataset_manifest(results, run["data"]["dataset"]["name"], "test")
                       if run["method"] in METHODS_WITH_HEAD else None),
-        threads=args.threads)
+        threads=args.threads, gpus=args.gpus)
 
 
 def run(args):
@@ -54,4 +56,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    script_main(globals(), from_snakemake, from_cli, run)
+    script_main(globals(), from_snakemake, from_cli, run, multi_gpu=True)

@@ -24,6 +24,7 @@ def from_cli():
     parser.add_argument("--config", required=True)
     parser.add_argument("--teacher", required=True, help="name of an entry under teachers:")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     teacher = resolve_teacher(cfg, args.teacher)
@@ -35,7 +36,7 @@ def from_cli():
         val_manifest = paths.dataset_manifest(results, data["dataset"]["name"], "test")
     return argparse.Namespace(teacher=teacher, out_dir=paths.teacher_dir(results, args.teacher),
                               state=paths.state_dir(results, "teacher", args.teacher), manifest=manifest,
-                              val_manifest=val_manifest, threads=args.threads)
+                              val_manifest=val_manifest, threads=args.threads, gpus=args.gpus)
 
 
 def run(args):
@@ -43,4 +44,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    script_main(globals(), from_snakemake, from_cli, run)
+    script_main(globals(), from_snakemake, from_cli, run, multi_gpu=True)

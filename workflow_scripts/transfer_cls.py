@@ -29,6 +29,7 @@ def from_cli():
     parser.add_argument("--run-id", dest="run", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
     args = parser.parse_args()
     cfg = load_config(args.config)
     results = cfg["results"]
@@ -39,7 +40,7 @@ def from_cli():
         protocol=resolve_protocol(cfg, protocol_for(cfg, TASK, args.dataset, args.run, args.seed)),
         seed=args.seed, out_dir=paths.transfer_dir(results, TASK, args.dataset, args.run, args.seed),
         state=paths.state_dir(results, "transfer", TASK, args.dataset, args.run, f"seed{args.seed}"),
-        student=student, threads=args.threads,
+        student=student, threads=args.threads, gpus=args.gpus,
         manifests={split: paths.dataset_manifest(results, args.dataset, split) for split in ("train", "test")})
 
 
@@ -48,4 +49,4 @@ def run(args):
 
 
 if __name__ == "__main__":
-    script_main(globals(), from_snakemake, from_cli, run)
+    script_main(globals(), from_snakemake, from_cli, run, multi_gpu=True)

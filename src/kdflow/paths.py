@@ -105,3 +105,7 @@ def log_file(results, stage, *names) -> str:
 
 def benchmark_file(results, stage, *names) -> str:
     return _p(results, "benchmarks", stage, *map(str, names[:-1]), f"{names[-1]}.tsv")
+
+
+def gpu_check(results) -> str:
+    return _p(results, "checks", "gpu_check.json")

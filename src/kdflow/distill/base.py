@@ -103,19 +103,40 @@ class Method:
         raise NotImplementedError
 
 
+class SeededItems(torch.utils.data.Dataset):
+    """Item ``i`` draws its random augmentation from its own seed (pass seed, ``i``), so an
+    augmented batch is the same whatever the number of ranks or loader workers, and wherever a
+    pass was resumed. The process's global generator is left as it was."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item_seed = int(np.random.SeedSequence([self.seed, i]).generate_state(1, np.uint64)[0] >> 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            return self.dataset[i]
+
+
 class ManifestBatches:
     """A sized iterable of batches for one pass over a manifest dataset: ``{"image", "label"}``
     from ``(image, label)`` items, or the collated dict of dict items.
 
     The order is a permutation seeded by ``(seed, pass)``; each rank takes every
     ``world_size``-th index, and the per-rank batch is the global batch divided by the world size,
-    so the global batch follows the config whatever the number of processes. ``batch_size``
-    (default: the training config's) counts dataset items, e.g. images for FKD's multi-crop items.
+    so the global batch follows the config whatever the number of processes (with per-item seeds,
+    the same images with the same augmentation). ``batch_size`` (default: the training config's)
+    counts dataset items, e.g. images for FKD's multi-crop items. ``skip(n)`` starts the pass at
+    step ``n`` without loading the steps before it (a resumed pass).
     """
 
     def __init__(self, ctx: MethodContext, dataset, pass_index: int, batch_size: int | None = None):
         self.ctx = ctx
-        self.dataset = dataset
+        self.dataset = SeededItems(dataset, pass_seed(ctx.seed, pass_index, stream=3))
         self.pass_index = pass_index
         global_batch = batch_size or ctx.training["batch_size"]
         if global_batch % ctx.world_size:
@@ -125,15 +146,21 @@ class ManifestBatches:
         usable = len(order) - len(order) % ctx.world_size
         self.indices = order[:usable][ctx.rank::ctx.world_size].tolist()
         self.drop_last = len(self.indices) > self.batch
+        self.start = 0
 
     def __len__(self) -> int:
         n = len(self.indices)
         return n // self.batch if self.drop_last else -(-n // self.batch)
 
+    def skip(self, steps: int) -> None:
+        if not 0 <= steps <= len(self):
+            raise ValueError(f"cannot start pass {self.pass_index} at step {steps} of {len(self)}")
+        self.start = steps
+
     def __iter__(self) -> Iterator[dict]:
         generator = torch.Generator().manual_seed(pass_seed(self.ctx.seed, self.pass_index, stream=1))
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.dataset, self.indices),
+            torch.utils.data.Subset(self.dataset, self.indices[self.start * self.batch:]),
             batch_size=self.batch,
             shuffle=False,
             drop_last=self.drop_last,

@@ -50,15 +50,35 @@ def job_output(log_path: str | None):
             os.close(saved[1])
 
 
-def script_main(globals_: dict, from_snakemake, from_cli, run) -> None:
+def script_main(globals_: dict, from_snakemake, from_cli, run, multi_gpu: bool = False) -> None:
     """Entry point shared by every workflow script: under Snakemake read the ``snakemake`` object
-    and log to the rule's log file; by hand parse the command line and print to the terminal."""
+    and log to the rule's log file; by hand parse the command line and print to the terminal.
+
+    A job given N > 1 GPUs (the rule's ``gpu`` resource, ``--gpus`` by hand) runs ``run(args)`` in
+    N DDP processes (kdflow.train.launch) when the script trains (``multi_gpu``), and is refused
+    otherwise: one process would silently leave N - 1 GPUs idle."""
+    script = globals_["__file__"]  # under Snakemake the original path, not its temporary copy
     smk = globals_.get("snakemake")
     if smk is not None:
         with job_output(smk.log[0] if smk.log else None):
             set_threads(smk.threads)
-            run(from_snakemake(smk))
+            _run_on_gpus(script, run, from_snakemake(smk), smk.resources.get("gpu", 0), smk.threads,
+                         multi_gpu, f"rule {smk.rule}")
     else:
         args = from_cli()
         set_threads(getattr(args, "threads", None))
+        _run_on_gpus(script, run, args, getattr(args, "gpus", 0), getattr(args, "threads", None), multi_gpu,
+                     Path(script).name)
+
+
+def _run_on_gpus(script, run, args, gpus, threads, multi_gpu: bool, what: str) -> None:
+    gpus = int(gpus or 0)
+    if gpus <= 1:
         run(args)
+        return
+    if not multi_gpu:
+        raise ValueError(f"{what} runs in one process and uses one GPU; it was given gpu={gpus}. "
+                         "Set its gpu resource to 1 (set-resources in the profile)")
+    from kdflow.train.launch import launch
+
+    launch(script, args, gpus, threads)

@@ -103,7 +103,8 @@ def pretrain(run: dict, manifest_path: str | Path, out_dir: str | Path, state_di
             metrics.append({"metric": "val_top1", "value": last["val_top1"], "checkpoint": "final"})
         write_json(out_dir / "metrics.json", metrics_record("pretrain", run["data"]["name"], run["name"],
                                                             training["seed"], metrics, config_hash=config_hash))
-        prov.write(out_dir / "provenance.json", extra={"epochs": result["epochs"], "passes": result["passes"]})
+        prov.write(out_dir / "provenance.json", extra={"epochs": result["epochs"], "passes": result["passes"],
+                                                      "interruptions": result["interruptions"]})
         discard_state(state_dir)
     distributed.teardown()
     return result

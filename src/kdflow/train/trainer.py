@@ -4,8 +4,10 @@ It runs any ``Method`` (kdflow.distill) on a student: per-step learning rate fro
 (evaluated at the fractional nominal epoch, so methods that count a pass as several epochs see
 the same schedule as plain training), AMP and channels_last on CUDA, DDP under torchrun, a
 progress bar, one ``log.csv`` row per pass, and a resumable state saved atomically at the end of
-every pass. A killed job re-run continues from its last saved pass and ends with the same weights
-as an uninterrupted run: every pass re-seeds its randomness from (seed, pass).
+every pass and, mid-pass, when a stop signal arrives (SLURM's pre-timeout signal, SIGTERM on
+cancellation or preemption; see kdflow.train.preemption). A killed or stopped job re-run continues
+from its last saved step and ends with the same weights as an uninterrupted run: every pass
+re-seeds its randomness from (seed, pass), and a mid-pass state carries the generator's state.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 from kdflow.distill.base import Method, pass_seed
 from kdflow.io import write_text, write_with
 from kdflow.train import distributed
+from kdflow.train.preemption import Interrupted, StopRequests
 
 STATE_FILE = "last.pt"
 
@@ -77,6 +80,7 @@ class Trainer:
         self.ctx = method.ctx
         self.device = self.ctx.device
         self.rows: list[dict] = []
+        self.interruptions: list[dict] = []  # stop signals this run saved on (kept in its provenance)
 
     # --------------------------------------------------------------------------- setup
     def _prepare_model(self) -> nn.Module:
@@ -85,6 +89,11 @@ class Trainer:
         if cuda and self.training["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         if self.ctx.world_size > 1:
+            if self.training["sync_bn"] and not cuda:
+                raise ValueError(
+                    f"[{self.desc}] training.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                    f"kernel); this {self.ctx.world_size}-process run is on {self.device.type}. Set sync_bn: "
+                    "false, or use a model without BatchNorm")
             if self.training["sync_bn"]:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model = nn.parallel.DistributedDataParallel(
@@ -95,9 +104,9 @@ class Trainer:
         return {"student": self.model, **self.method.trainable_modules()}
 
     # --------------------------------------------------------------------------- state
-    def _load_state(self, optimizer) -> int:
+    def _load_state(self, optimizer) -> dict | None:
         if not self.state_path.is_file():
-            return 0
+            return None
         state = torch.load(self.state_path, map_location="cpu", weights_only=False)
         if state["config_hash"] != self.config_hash:
             raise StateMismatch(
@@ -108,19 +117,34 @@ class Trainer:
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         self.rows = state["rows"]
-        return state["passes_done"]
+        self.interruptions = state.get("interruptions", [])
+        return state
 
-    def _save_state(self, optimizer, passes_done: int) -> None:
+    def _save_state(self, optimizer, passes_done: int, within: dict | None = None) -> None:
+        """``within``: a pass stopped part-way (its done steps, running sums and generator state)."""
         if self.ctx.rank != 0:
             return
         state = {
             "config_hash": self.config_hash,
             "passes_done": passes_done,
+            "within": within,
             "modules": {name: m.state_dict() for name, m in self._trainable().items()},
             "optimizer": optimizer.state_dict(),
             "rows": self.rows,
+            "interruptions": self.interruptions,
         }
         write_with(self.state_path, lambda tmp: torch.save(state, tmp))
+
+    def _generator_state(self) -> dict:
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_generator_state(self, state: dict) -> None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
 
     def _write_log(self) -> None:
         if self.ctx.rank != 0 or not self.rows:
@@ -139,27 +163,36 @@ class Trainer:
         wrapped = self._prepare_model()
         params = [p for m in self._trainable().values() for p in m.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.training["optim"])
-        start = self._load_state(optimizer)  # (load_state_dict moves optimizer state to the params' device)
-        if start:
-            print(f"[{self.desc}] resuming after pass {start}/{len(passes)} from {self.state_path}", flush=True)
+        state = self._load_state(optimizer)  # (load_state_dict moves optimizer state to the params' device)
+        start, within = (state["passes_done"], state.get("within")) if state else (0, None)
+        if state:
+            where = f"step {within['step']} of pass {start + 1}" if within else f"pass {start}/{len(passes)}"
+            print(f"[{self.desc}] resuming after {where} from {self.state_path}", flush=True)
         use_amp = self.training["amp"] and self.device.type == "cuda"
-        for p in range(start, len(passes)):
-            epoch0 = float(sum(passes[:p]))
-            torch.manual_seed(pass_seed(self.ctx.seed, p, stream=2))
-            row = self._run_pass(wrapped, optimizer, p, epoch0, passes[p], total_epochs, use_amp)
-            is_last = p == len(passes) - 1
-            every = self.training["eval_every"]
-            if self.evaluate is not None and self.ctx.rank == 0 and (
-                    is_last or (every and round(epoch0 + passes[p]) % every == 0)):
-                self.model.eval()
-                row.update(self.evaluate(self.model))
-            self.rows.append(row)
-            self._save_state(optimizer, p + 1)  # state first: the log never runs ahead of it
-            self._write_log()
-            distributed.barrier()
-        return {"rows": self.rows, "epochs": total_epochs, "passes": len(passes)}
+        with StopRequests(self.ctx.world_size) as stop:
+            for p in range(start, len(passes)):
+                epoch0 = float(sum(passes[:p]))
+                torch.manual_seed(pass_seed(self.ctx.seed, p, stream=2))
+                row = self._run_pass(wrapped, optimizer, p, epoch0, passes[p], total_epochs, use_amp,
+                                     stop, within if p == start else None)
+                is_last = p == len(passes) - 1
+                every = self.training["eval_every"]
+                if self.evaluate is not None and self.ctx.rank == 0 and (
+                        is_last or (every and round(epoch0 + passes[p]) % every == 0)):
+                    self.model.eval()
+                    row.update(self.evaluate(self.model))
+                self.rows.append(row)
+                self._save_state(optimizer, p + 1)  # state first: the log never runs ahead of it
+                self._write_log()
+                distributed.barrier()
+                if p + 1 < len(passes) and stop.requested(self.device):
+                    self._record_stop(stop, p + 1, 0)
+                    self._save_state(optimizer, p + 1)
+                    raise self._interrupted(stop, f"at the end of pass {p + 1}/{len(passes)}")
+        return {"rows": self.rows, "epochs": total_epochs, "passes": len(passes), "interruptions": self.interruptions}
 
-    def _run_pass(self, wrapped, optimizer, p, epoch0, span, total_epochs, use_amp) -> dict:
+    def _run_pass(self, wrapped, optimizer, p, epoch0, span, total_epochs, use_amp, stop: StopRequests,
+                  within: dict | None) -> dict:
         from tqdm import tqdm
 
         self.model.train()
@@ -168,12 +201,18 @@ class Trainer:
         batches = self.method.loader(p)
         steps = len(batches)
         base_lr = self.training["optim"]["lr"]
-        sums: dict[str, float] = {}
-        seen = 0
+        sums: dict[str, torch.Tensor | float] = {}
+        seen, seconds, first = 0, 0.0, 0
+        if within:  # a pass stopped part-way: skip its done steps, restore its generator and sums
+            first, seconds = within["step"], within["seconds"]
+            batches.skip(first)
+            self._set_generator_state(within["generator"])
+            if self.ctx.rank == 0:  # the saved sums are already over all ranks
+                seen, sums = within["seen"], dict(within["sums"])
         started = time.time()
-        bar = tqdm(total=steps, desc=f"{self.desc} epoch {epoch0 + span:g}/{total_epochs}",
+        bar = tqdm(total=steps, initial=first, desc=f"{self.desc} epoch {epoch0 + span:g}/{total_epochs}",
                    disable=self.ctx.rank != 0, mininterval=5, leave=False)
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(batches, start=first):
             lr = lr_at(epoch0 + span * i / max(steps, 1), base_lr, self.training["schedule"], total_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -193,11 +232,44 @@ class Trainer:
                 # kept as tensors: no host-device sync per step on CUDA
                 sums[key] = sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value) * n
             bar.update(1)
+            if i + 1 < steps and stop.requested(self.device):
+                bar.close()
+                seen, sums = self._over_ranks(seen, sums)
+                self._stop(optimizer, p, i + 1, steps, stop, {
+                    "step": i + 1, "seen": seen, "sums": sums, "seconds": seconds + time.time() - started,
+                    "generator": self._generator_state()})
         bar.close()
-        seconds = time.time() - started
+        seconds += time.time() - started
+        seen, sums = self._over_ranks(seen, sums)
         row = {"epoch": epoch0 + span, "pass": p + 1, "lr": lr_at(epoch0, base_lr, self.training["schedule"], total_epochs)}
-        row.update({k: round(float(v) / max(seen, 1), 6) for k, v in sums.items()})
-        row.update({"images": seen * self.ctx.world_size, "seconds": round(seconds, 3),
-                    "images_per_s": round(seen * self.ctx.world_size / max(seconds, 1e-9), 2)})
-        print(f"[{self.desc}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        row.update({k: round(v / max(seen, 1), 6) for k, v in sums.items()})
+        row.update({"images": seen, "seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 2)})
+        if self.ctx.rank == 0:
+            print(f"[{self.desc}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         return row
+
+    def _over_ranks(self, seen: int, sums: dict) -> tuple[int, dict[str, float]]:
+        """Images and per-image loss sums of all ranks (the log shows the global batch's values)."""
+        keys = list(sums)  # insertion order: loss first, then the method's terms (the same on every rank)
+        values = [float(sums[k]) for k in keys] + [float(seen)]
+        if self.ctx.world_size > 1:
+            packed = torch.tensor(values, dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(packed)
+            values = packed.tolist()
+        return int(round(values[-1])), dict(zip(keys, values[:-1]))
+
+    def _stop(self, optimizer, p: int, step: int, steps: int, stop: StopRequests, within: dict) -> None:
+        self._record_stop(stop, p, step)
+        self._save_state(optimizer, p, within)
+        distributed.barrier()  # no rank leaves before the state is on disk
+        raise self._interrupted(stop, f"after step {step}/{steps} of pass {p + 1}")
+
+    def _record_stop(self, stop: StopRequests, passes_done: int, step: int) -> None:
+        self.interruptions.append({"signal": stop.signal_name or "signal to another rank",
+                                   "passes_done": passes_done, "step": step,
+                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def _interrupted(self, stop: StopRequests, where: str) -> Interrupted:
+        by = stop.signal_name or "a signal to another rank"
+        return Interrupted(f"[{self.desc}] stopped by {by} {where}; state saved to {self.state_path}. "
+                           "Re-run the job to resume from there.")

@@ -92,7 +92,8 @@ def finetune(run: dict, dataset: dict, protocol: dict, seed: int, out_dir: str |
                             run_config_hash=run_hash)
     if dist.rank == 0:
         write_json(out_dir / "metrics.json", record)
-        prov.write(out_dir / "provenance.json", extra={"load": load_report, "epochs": result["epochs"]})
+        prov.write(out_dir / "provenance.json",
+                   extra={"load": load_report, "epochs": result["epochs"], "interruptions": result["interruptions"]})
         discard_state(state_dir)
     distributed.teardown()
     return record

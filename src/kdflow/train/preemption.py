@@ -1,0 +1,58 @@
+"""Stop requests: a signal asks the trainer to save its state at the next step and stop.
+
+SLURM sends a signal some time before a job's time limit (``sbatch --signal=URG@600``), and
+SIGTERM when a job is cancelled, preempted or reaches the limit (SIGKILL follows ``KillWait``
+seconds later). The trainer cannot save from inside a signal handler (a step may be half done),
+so the handler only records the request; the training loop checks it between steps, and under
+DDP the ranks agree (one collective per step), so every rank stops after the same step.
+
+Why SIGURG by default: without ``B:``, ``--signal`` reaches every process of the job's steps, which
+under Snakemake includes the in-job Snakemake and torchrun; SIGURG is ignored by any process that
+does not handle it, whereas SIGUSR1 would terminate them. SIGUSR1 and SIGUSR2 are handled too, for
+hand-written batch scripts that forward them.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGURG, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on a signal after saving its state; re-running the job resumes it."""
+
+
+class StopRequests:
+    """Context manager: while active, the signals in ``STOP_SIGNALS`` set a flag instead of their
+    default action (the previous handlers come back on exit)."""
+
+    def __init__(self, world_size: int = 1):
+        self.world_size = world_size
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _record(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopRequests":
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def requested(self, device: torch.device) -> bool:
+        """True on every rank as soon as any rank received a stop signal."""
+        local = self.signal_name is not None
+        if self.world_size == 1 or not dist.is_initialized():
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
