@@ -15,6 +15,7 @@ hand-written batch scripts that forward them.
 from __future__ import annotations
 
 import signal
+import threading
 
 import torch
 import torch.distributed as dist
@@ -28,19 +29,25 @@ class Interrupted(RuntimeError):
 
 class StopRequests:
     """Context manager: while active, the signals in ``STOP_SIGNALS`` set a flag instead of their
-    default action (the previous handlers come back on exit)."""
+    default action (the previous handlers come back on exit). Outside the main thread, where
+    Python cannot install handlers, it records nothing."""
 
     def __init__(self, world_size: int = 1):
         self.world_size = world_size
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
+        self._group = None
 
     def _record(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
 
     def __enter__(self) -> "StopRequests":
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._record)
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._record)
+        if self.world_size > 1 and dist.is_initialized() and dist.get_backend() != "gloo":
+            # the ranks agree over a CPU (gloo) group: no CUDA synchronisation per step
+            self._group = dist.new_group(backend="gloo")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -48,11 +55,12 @@ class StopRequests:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def requested(self, device: torch.device) -> bool:
-        """True on every rank as soon as any rank received a stop signal."""
+    def requested(self) -> bool:
+        """True on every rank as soon as any rank received a stop signal (a collective under DDP:
+        every rank calls it at the same steps)."""
         local = self.signal_name is not None
         if self.world_size == 1 or not dist.is_initialized():
             return local
-        flag = torch.tensor([1.0 if local else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())

@@ -185,7 +185,7 @@ class Trainer:
                 self._save_state(optimizer, p + 1)  # state first: the log never runs ahead of it
                 self._write_log()
                 distributed.barrier()
-                if p + 1 < len(passes) and stop.requested(self.device):
+                if p + 1 < len(passes) and stop.requested():
                     self._record_stop(stop, p + 1, 0)
                     self._save_state(optimizer, p + 1)
                     raise self._interrupted(stop, f"at the end of pass {p + 1}/{len(passes)}")
@@ -232,7 +232,7 @@ class Trainer:
                 # kept as tensors: no host-device sync per step on CUDA
                 sums[key] = sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value) * n
             bar.update(1)
-            if i + 1 < steps and stop.requested(self.device):
+            if i + 1 < steps and stop.requested():
                 bar.close()
                 seen, sums = self._over_ranks(seen, sums)
                 self._stop(optimizer, p, i + 1, steps, stop, {
