@@ -9,7 +9,7 @@ import argparse
 
 from kdflow import paths
 from kdflow.config import load_config
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import add_gpus_option, script_main
 from kdflow.jobs.gpu_check import gpu_check
 
 
@@ -21,7 +21,7 @@ def from_cli():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
+    add_gpus_option(parser)
     args = parser.parse_args()
     return argparse.Namespace(out=paths.gpu_check(load_config(args.config)["results"]), threads=args.threads,
                               gpus=args.gpus)

@@ -13,7 +13,7 @@ import os
 
 from kdflow import paths
 from kdflow.config import METHODS_WITH_HEAD, load_config, resolve_run, svd_subset_of
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import add_gpus_option, script_main
 from kdflow.jobs.pretrain import import_student, pretrain
 
 
@@ -30,7 +30,7 @@ def from_cli():
     parser.add_argument("--config", required=True)
     parser.add_argument("--run-id", dest="run", required=True, help="name of an entry under pretrain:")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
+    add_gpus_option(parser)
     args = parser.parse_args()
     cfg = load_config(args.config)
     results = cfg["results"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdflow import paths
 from kdflow.config import load_config, resolve_teacher
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import add_gpus_option, script_main
 from kdflow.jobs.teacher import build_teacher
 
 
@@ -24,7 +24,7 @@ def from_cli():
     parser.add_argument("--config", required=True)
     parser.add_argument("--teacher", required=True, help="name of an entry under teachers:")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
+    add_gpus_option(parser)
     args = parser.parse_args()
     cfg = load_config(args.config)
     teacher = resolve_teacher(cfg, args.teacher)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdflow import paths
 from kdflow.config import load_config, protocol_for, resolve_dataset, resolve_protocol, resolve_run
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import add_gpus_option, script_main
 from kdflow.transfer.classification import finetune
 
 TASK = "classification"
@@ -29,7 +29,7 @@ def from_cli():
     parser.add_argument("--run-id", dest="run", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
+    add_gpus_option(parser)
     args = parser.parse_args()
     cfg = load_config(args.config)
     results = cfg["results"]

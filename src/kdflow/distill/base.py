@@ -63,9 +63,14 @@ class MethodContext:
     artefacts: dict[str, Any] = field(default_factory=dict)  # e.g. {"svd": path}
 
 
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed determined by ``keys`` alone (a hash, not a sequence of draws)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1)
+
+
 def pass_seed(seed: int, pass_index: int, stream: int = 0) -> int:
-    """A 63-bit seed for one data pass: reproducible, and independent of how a run was resumed."""
-    return int(np.random.SeedSequence([seed, pass_index, stream]).generate_state(2, np.uint64)[0] >> 1)
+    """A seed for one data pass: reproducible, and independent of how a run was resumed."""
+    return derived_seed(seed, pass_index, stream)
 
 
 class Method:
@@ -116,9 +121,8 @@ class SeededItems(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        item_seed = int(np.random.SeedSequence([self.seed, i]).generate_state(1, np.uint64)[0] >> 1)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
+            torch.manual_seed(derived_seed(self.seed, i))
             return self.dataset[i]
 
 

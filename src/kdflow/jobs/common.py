@@ -50,6 +50,11 @@ def job_output(log_path: str | None):
             os.close(saved[1])
 
 
+def add_gpus_option(parser) -> None:
+    """``--gpus N`` for the scripts that train: N > 1 runs N DDP processes on this node."""
+    parser.add_argument("--gpus", type=int, default=1, help="N > 1: N DDP processes on this node (torchrun)")
+
+
 def script_main(globals_: dict, from_snakemake, from_cli, run, multi_gpu: bool = False) -> None:
     """Entry point shared by every workflow script: under Snakemake read the ``snakemake`` object
     and log to the rule's log file; by hand parse the command line and print to the terminal.
