@@ -75,7 +75,7 @@ def make_images(root: Path, n: int, size: str):
         Image.fromarray(np.clip(np.asarray(img, dtype=np.int64) + noise, 0, 255).astype(np.uint8)).save(
             folder / f"img{i:05d}.JPEG", quality=90)
     manifest = split_manifest(root, "train")
-    write_manifest(root / "train.tsv", manifest)
+    write_manifest(root / "train.tsv", manifest, "bench")
     return manifest
 
 
@@ -147,6 +147,7 @@ def main():
     from kdflow.distill.base import MethodContext
     from kdflow.distill.fkd import FKD, soft_cross_entropy
     from kdflow.jobs.softlabels import soft_label_shard, soft_label_store
+    from kdflow.config import JobConfig
     from kdflow.models.network import Network
     from kdflow.models.teacher import load_teacher, save_teacher
 
@@ -163,10 +164,13 @@ def main():
         save_teacher(tmp / "teacher.safetensors", Network(args.teacher, num_classes=classes), "bench", "random_init")
         spec = {"name": "bench", "label": {"type": "marginal_smoothing", "k": 5}, "shards": 1,
                 "workers": args.workers, "seed": 0, "commit_every": 1000,
+                "data": {"name": "bench", "dataset": {"name": "bench", "root": str(tmp / "data"),
+                                                      "work_dir": str(tmp / "data")}},
                 "generate": {"teacher": {"name": "bench"}, "num_crops": args.stored_crops,
                              "teacher_batch": args.stored_crops, "temperature": 1.0,
                              "crop": {"size": args.input_size, "scale": [0.08, 0.936], "ratio": [0.75, 4 / 3],
                                       "interpolation": "bicubic"}}}
+        spec = JobConfig(spec, identity=spec)  # made here, not from a config: all of it is identity
         store_dir = tmp / "softlabels"
         print("generating soft labels ...", flush=True)
         soft_label_shard(spec, tmp / "data" / "train.tsv", 0, store_dir, tmp / "state",

@@ -1,10 +1,18 @@
-# Config loading and validation, the experiment matrix, and the input functions of all rules.
+# Config loading and validation, the experiment matrix, and the input and params functions of all
+# rules.
+#
+# Every rule's `params` is the identity of its job: the slice of the config its result depends
+# on, without execution keys (paths, workers, ...; `x-role` in the schema). Changing an execution
+# key (a bigger node's `workers`, a dataset moved to node-local storage, another results root)
+# therefore re-runs nothing. Jobs read their full slice (execution keys included) from the config
+# itself (kdflow.jobs.common.job_config), exactly as the hand-run scripts do.
 
 import kdflow.config as kcfg
 from kdflow import paths
+from kdflow.data.content import dataset_content
+from kdflow.tasks import TASKS
 
-# Schema validation (snakemake.utils.validate, defaults filled) plus cross-reference checks;
-# errors name the key path at fault.
+# Schema validation (defaults filled) plus cross-reference checks; errors name the key path.
 CFG = kcfg.validate_config(config, source="config")
 kcfg.check_placeholders(CFG)
 R = CFG["results"]
@@ -13,6 +21,7 @@ USED_DATASETS = sorted(
     {j["dataset"] for j in TRANSFER_JOBS} | {s["dataset"] for s in CFG["subsets"].values()}
 )
 kcfg.check_dataset_roots(CFG, USED_DATASETS)
+METHODS = {name: kcfg.method_of(CFG, name) for name in CFG["pretrain"]}
 
 
 def _names(section):
@@ -28,21 +37,23 @@ wildcard_constraints:
     shard=r"\d+",
     dataset=_names(CFG["datasets"]),
     seed=r"\d+",
+    task=_names(TASKS),
 
 
 def final_targets():
-    """Every pre-training run, every transfer result, and the tables built from them. The results
-    are targets in their own right, so a deleted metrics.json is re-made (and only it, then the
-    tables)."""
+    """Every pre-training run that makes a student, every transfer result, and the table of each
+    task that has results. The results are targets in their own right, so a deleted metrics.json
+    is re-made (and only it, then its table)."""
     pretrained = [
-        paths.pretrain_metrics(R, name)
-        for name, run in CFG["pretrain"].items()
-        if run["method"] != "scratch"
+        paths.pretrain_metrics(R, name) for name, decl in METHODS.items() if decl.student != "none"
     ]
-    if not TRANSFER_JOBS:
-        return pretrained
-    tables = [paths.table(R, "classification", ext) for ext in ("md", "csv")]
-    return pretrained + classification_metrics(None) + tables
+    tasks = sorted({j["task"] for j in TRANSFER_JOBS})
+    tables = [paths.table(R, task, ext) for task in tasks for ext in ("md", "csv")]
+    return pretrained + [transfer_metrics_file(j) for j in TRANSFER_JOBS] + tables
+
+
+def transfer_metrics_file(job):
+    return paths.transfer_metrics(R, job["task"], job["dataset"], job["run"], job["seed"])
 
 
 def dataset_folder(name):
@@ -61,16 +72,24 @@ def prepared(dataset):
 
 
 # ---------------------------------------------------------------- data
-def demo_spec(wildcards):
-    return CFG["demo"][wildcards.demo]
+def demo_identity(wildcards):
+    return kcfg.resolve_demo(CFG, wildcards.demo).identity
+
+
+def dataset_identity(wildcards):
+    """The entry without its root, and the content of its folder (path and size of every file)."""
+    return {
+        "entry": kcfg.resolve_dataset(CFG, wildcards.dataset).identity,
+        "content": dataset_content(CFG["datasets"][wildcards.dataset]),
+    }
 
 
 def subset_source(wildcards):
     return paths.dataset_manifest(R, CFG["subsets"][wildcards.subset]["dataset"], "train")
 
 
-def subset_params(wildcards):
-    return kcfg.resolve_subset(CFG, wildcards.subset)
+def subset_identity(wildcards):
+    return kcfg.resolve_subset(CFG, wildcards.subset).identity
 
 
 # ---------------------------------------------------------------- teachers and SVD
@@ -88,14 +107,17 @@ def teacher_inputs(wildcards):
     return {}
 
 
-def teacher_params(wildcards):
-    return kcfg.resolve_teacher(CFG, wildcards.teacher)
+def teacher_identity(wildcards):
+    return kcfg.resolve_teacher(CFG, wildcards.teacher).identity
 
 
-def checked_teacher(wildcards):
-    """SVD weights are made only from a teacher that passed its configured check."""
-    teacher = CFG["teachers"][wildcards.teacher]
-    return [paths.teacher_check(R, wildcards.teacher)] if "check" in teacher else []
+def checked_teacher(teacher):
+    """Consumers of a teacher (SVD, soft labels) wait for its configured check to pass."""
+    return [paths.teacher_check(R, teacher)] if "check" in CFG["teachers"][teacher] else []
+
+
+def checked_teacher_of(wildcards):
+    return checked_teacher(wildcards.teacher)
 
 
 def teacher_check_inputs(wildcards):
@@ -106,17 +128,21 @@ def teacher_check_inputs(wildcards):
     }
 
 
-def teacher_check_params(wildcards):
-    return CFG["teachers"][wildcards.teacher]["check"]
+def teacher_check_identity(wildcards):
+    return kcfg.resolve_teacher_check(CFG, wildcards.teacher).identity
+
+
+def svd_identity(wildcards):
+    return kcfg.resolve_svd(CFG, wildcards.teacher, wildcards.subset).identity
 
 
 def svd_student_archs(wildcards):
-    """Students of the KDEP runs that use this (teacher, subset) SVD: their widths are checked
-    against N before any pre-training starts."""
+    """Students of the runs that use this (teacher, subset) SVD: their widths are checked against N
+    before any pre-training starts."""
     archs = {
         CFG["students"][run["student"]]["arch"]
         for name, run in CFG["pretrain"].items()
-        if run["method"] == "kdep"
+        if "svd" in METHODS[name].artefacts
         and run["teacher"] == wildcards.teacher
         and kcfg.svd_subset_of(CFG, name) == wildcards.subset
     }
@@ -132,13 +158,12 @@ def soft_label_inputs(wildcards):
     if "generate" in labels:
         teacher = labels["generate"]["teacher"]
         inputs["teacher"] = paths.teacher_weights(R, teacher)
-        if "check" in CFG["teachers"][teacher]:
-            inputs["checked"] = paths.teacher_check(R, teacher)
+        inputs["checked"] = checked_teacher(teacher)
     return inputs
 
 
-def soft_label_params(wildcards):
-    return kcfg.resolve_soft_labels(CFG, wildcards.labels)
+def soft_label_identity(wildcards):
+    return kcfg.resolve_soft_labels(CFG, wildcards.labels).identity
 
 
 def soft_label_shards(wildcards):
@@ -150,72 +175,51 @@ def soft_label_shards(wildcards):
     ]
 
 
-def soft_labels_out_dir(wildcards):
-    return paths.soft_labels_dir(R, wildcards.labels)
-
-
-def soft_labels_state(wildcards):
-    return paths.state_dir(R, "softlabels", wildcards.labels)
-
-
 # ---------------------------------------------------------------- pre-training
 def pretrain_inputs(wildcards):
-    run = CFG["pretrain"][wildcards.run]
-    if run["method"] == "imported":
+    """What the run's method declares it reads: data (and the dataset's test split for a student
+    with a head), a teacher, artefacts; or the checkpoint of an imported student."""
+    run, decl = CFG["pretrain"][wildcards.run], METHODS[wildcards.run]
+    if decl.student == "checkpoint":
         path = run["checkpoint"]["path"]
         return {} if kcfg.is_placeholder(path) else {"checkpoint": path}
     inputs = {"manifest": paths.subset_manifest(R, run["data"])}
-    if run["method"] in kcfg.METHODS_WITH_HEAD:
+    if decl.head:
         dataset = CFG["subsets"][run["data"]]["dataset"]
         inputs["val_manifest"] = paths.dataset_manifest(R, dataset, "test")
-    if run["method"] == "kdep":
+    if decl.teacher:
         inputs["teacher"] = paths.teacher_weights(R, run["teacher"])
-        inputs["svd"] = paths.svd_file(R, run["teacher"], kcfg.svd_subset_of(CFG, wildcards.run))
-    if run["method"] == "fkd":
-        inputs["soft_labels"] = paths.soft_labels_store(R, run["fkd"]["soft_labels"])
+        inputs["checked"] = checked_teacher(run["teacher"])
+    inputs.update(kcfg.artefact_paths(CFG, wildcards.run))
     return inputs
 
 
-def run_params(wildcards):
-    return kcfg.resolve_run(CFG, wildcards.run)
-
-
-def pretrain_out_dir(wildcards):
-    return paths.pretrain_dir(R, wildcards.run)
-
-
-def pretrain_state(wildcards):
-    return paths.state_dir(R, "pretrain", wildcards.run)
+def run_identity(wildcards):
+    return kcfg.resolve_run(CFG, wildcards.run).identity
 
 
 # ---------------------------------------------------------------- transfer
 def transfer_inputs(wildcards):
     inputs = prepared(wildcards.dataset)
-    if CFG["pretrain"][wildcards.run]["method"] != "scratch":
+    if METHODS[wildcards.run].student != "none":
         inputs["student"] = paths.student_weights(R, wildcards.run)
     return inputs
 
 
-def dataset_params(wildcards):
-    return kcfg.resolve_dataset(CFG, wildcards.dataset)
+def transfer_identity(task):
+    """The params function of a task's transfer rule: its run, dataset and protocol."""
+
+    def identity(wildcards):
+        protocol = kcfg.protocol_for(CFG, task, wildcards.dataset, wildcards.run, wildcards.seed)
+        return {
+            "run": kcfg.resolve_run(CFG, wildcards.run).identity,
+            "dataset": kcfg.resolve_dataset(CFG, wildcards.dataset).identity,
+            "protocol": kcfg.resolve_protocol(CFG, protocol).identity,
+        }
+
+    return identity
 
 
-def protocol_params(wildcards):
-    name = kcfg.protocol_for(
-        CFG, "classification", wildcards.dataset, wildcards.run, wildcards.seed
-    )
-    return kcfg.resolve_protocol(CFG, name)
-
-
-def transfer_state(wildcards):
-    return paths.state_dir(
-        R, "transfer", "classification", wildcards.dataset, wildcards.run, f"seed{wildcards.seed}"
-    )
-
-
-def classification_metrics(wildcards):
-    return [
-        paths.transfer_metrics(R, j["task"], j["dataset"], j["run"], j["seed"])
-        for j in TRANSFER_JOBS
-        if j["task"] == "classification"
-    ]
+# ---------------------------------------------------------------- report
+def task_metrics(wildcards):
+    return [transfer_metrics_file(j) for j in TRANSFER_JOBS if j["task"] == wildcards.task]

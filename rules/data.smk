@@ -17,7 +17,7 @@ rule demo_data:
         runtime=30,
         gpu=0,
     params:
-        spec=demo_spec,
+        identity=demo_identity,
     script:
         "../workflow_scripts/demo_data.py"
 
@@ -40,7 +40,7 @@ rule prepare_dataset:
         runtime=120,
         gpu=0,
     params:
-        dataset=dataset_params,
+        identity=dataset_identity,
     script:
         "../workflow_scripts/prepare_dataset.py"
 
@@ -62,7 +62,6 @@ rule imagenet_subset:
         runtime=60,
         gpu=0,
     params:
-        subset=subset_params,
-        symlinks=paths.subset_symlinks(R, "{subset}"),
+        identity=subset_identity,
     script:
         "../workflow_scripts/imagenet_subset.py"

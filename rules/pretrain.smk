@@ -23,8 +23,6 @@ rule pretrain:
         runtime=2880,
         gpu=1,
     params:
-        run=run_params,
-        out_dir=pretrain_out_dir,
-        state=pretrain_state,
+        identity=run_identity,
     script:
         "../workflow_scripts/pretrain.py"

@@ -1,17 +1,17 @@
 # Paper tables from results only: these rules read metrics.json files and nothing else, so a
-# change of layout or aggregation never re-runs training.
+# change of layout or aggregation never re-runs training. One table per task with results.
 
 
 rule tables:
     input:
-        metrics=classification_metrics,
+        metrics=task_metrics,
     output:
-        csv=paths.table(R, "classification", "csv"),
-        md=paths.table(R, "classification", "md"),
+        csv=paths.table(R, "{task}", "csv"),
+        md=paths.table(R, "{task}", "md"),
     log:
-        paths.log_file(R, "tables", "classification"),
+        paths.log_file(R, "tables", "{task}"),
     benchmark:
-        paths.benchmark_file(R, "tables", "classification")
+        paths.benchmark_file(R, "tables", "{task}")
     conda:
         "../envs/report.yaml"
     threads: 1

@@ -23,9 +23,7 @@ rule fkd_soft_label_shard:
         runtime=1440,
         gpu=1,
     params:
-        spec=soft_label_params,
-        out_dir=soft_labels_out_dir,
-        state=soft_labels_state,
+        identity=soft_label_identity,
     script:
         "../workflow_scripts/fkd_soft_label_shard.py"
 
@@ -48,7 +46,6 @@ rule fkd_soft_labels:
         runtime=60,
         gpu=0,
     params:
-        spec=soft_label_params,
-        out_dir=soft_labels_out_dir,
+        identity=soft_label_identity,
     script:
         "../workflow_scripts/fkd_soft_labels.py"

@@ -20,8 +20,7 @@ rule teacher:
         runtime=1440,
         gpu=1,
     params:
-        teacher=teacher_params,
-        state=paths.state_dir(R, "teacher", "{teacher}"),
+        identity=teacher_identity,
     script:
         "../workflow_scripts/teacher.py"
 
@@ -43,14 +42,14 @@ rule teacher_eval:
         runtime=120,
         gpu=1,
     params:
-        check=teacher_check_params,
+        identity=teacher_check_identity,
     script:
         "../workflow_scripts/teacher_eval.py"
 
 
 rule svd_weights:
     input:
-        checked=checked_teacher,
+        checked=checked_teacher_of,
         teacher=paths.teacher_weights(R, "{teacher}"),
         manifest=paths.subset_manifest(R, "{subset}"),
     output:
@@ -67,7 +66,7 @@ rule svd_weights:
         runtime=240,
         gpu=1,
     params:
-        settings=CFG["svd"],
+        identity=svd_identity,
         student_archs=svd_student_archs,
     script:
         "../workflow_scripts/svd_weights.py"

@@ -19,9 +19,6 @@ rule transfer_cls:
         runtime=720,
         gpu=1,
     params:
-        run=run_params,
-        dataset=dataset_params,
-        protocol=protocol_params,
-        state=transfer_state,
+        identity=transfer_identity("classification"),
     script:
         "../workflow_scripts/transfer_cls.py"

@@ -24,7 +24,7 @@ def test_demo_config_is_valid_and_defaults_are_filled(demo):
     assert cfg["report"]["checkpoint"] == "final"
     assert len(transfer_jobs(cfg)) == 15  # 5 runs x 3 seeds
     resolved = resolve_run(cfg, "kdep_r18_r18_in48")
-    assert resolved["teacher"]["name"] == "demo_r18" and resolved["kdep"]["svd_subset"] == "demo_in_48"
+    assert resolved["teacher"]["name"] == "demo_r18" and resolved["svd"]["subset"]["name"] == "demo_in_48"
 
 
 def test_unknown_reference_names_key_path(demo):
@@ -68,3 +68,74 @@ def test_missing_dataset_folder_is_reported_before_jobs(demo, tmp_path):
 def test_load_config_reports_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
+
+
+def _properties_without_role(node, schema, where, seen):
+    """Key paths of every schema property (own, $ref'd, branches, method blocks) lacking x-role."""
+    from kdflow.config import ROLE, ROLES, _resolve_ref, object_properties
+
+    node = _resolve_ref(node, schema)
+    missing = []
+    for key, sub in object_properties(node, schema).items():
+        path = f"{where}.{key}"
+        if sub.get(ROLE) not in ROLES:
+            missing.append(path)
+        ref = sub.get("$ref")
+        if ref in seen:
+            continue
+        missing += _properties_without_role(sub, schema, path, seen | ({ref} if ref else set()))
+    for key in ("additionalProperties", "items"):
+        if isinstance(node.get(key), dict):
+            missing += _properties_without_role(node[key], schema, f"{where}.*", seen)
+    return missing
+
+
+def test_every_config_key_is_identity_or_execution(repo):
+    from kdflow.config import effective_schema
+
+    schema = effective_schema([str(repo / "tests" / "methods" / "logit_probe.py")])
+    assert _properties_without_role(schema, schema, "config", frozenset()) == []
+
+
+def _execution_keys(node, schema, where, seen=frozenset()):
+    from kdflow.config import ROLE, _resolve_ref, object_properties
+
+    node = _resolve_ref(node, schema)
+    found = []
+    for key, sub in object_properties(node, schema).items():
+        if sub.get(ROLE) == "execution":
+            found.append(f"{where}.{key}".lstrip("."))
+        ref = sub.get("$ref")
+        if ref not in seen:
+            found += _execution_keys(sub, schema, f"{where}.{key}", seen | ({ref} if ref else set()))
+    if isinstance(node.get("additionalProperties"), dict):
+        found += _execution_keys(node["additionalProperties"], schema, f"{where}.<name>", seen)
+    return found
+
+
+def test_the_readme_lists_every_execution_key(repo):
+    from kdflow.config import effective_schema
+
+    schema = effective_schema()
+    readme = (repo / "README.md").read_text()
+    section = readme.split("### Which keys re-run what")[1].split("\n### ")[0]
+    for key in sorted(set(_execution_keys(schema, schema, ""))):
+        generic = key.split(".")[-1]
+        assert f"`{key}`" in section or f"`{generic}`" in section, f"README does not list execution key {key}"
+
+
+def test_identity_slices_leave_out_execution_keys(demo, tmp_path):
+    from kdflow.config import resolve_run
+
+    cfg = validate_config(copy.deepcopy(demo))
+    moved = copy.deepcopy(demo)
+    moved["results"] = str(tmp_path / "elsewhere")
+    moved["pretrain"]["kdep_r18_r18_in48"]["training"]["workers"] = 8
+    moved["svd"]["workers"] = 4
+    a, b = resolve_run(cfg, "kdep_r18_r18_in48"), resolve_run(validate_config(moved), "kdep_r18_r18_in48")
+    assert a.hash == b.hash and a.identity == b.identity
+    assert b["training"]["workers"] == 8 and b.execution["training"] == {"workers": 8}
+    assert "workers" not in a.identity["training"] and "root" not in a.identity["data"]["dataset"]
+    changed = copy.deepcopy(demo)
+    changed["pretrain"]["kdep_r18_r18_in48"]["training"]["optim"]["lr"] = 0.07
+    assert resolve_run(validate_config(changed), "kdep_r18_r18_in48").hash != a.hash

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdflow.config import JobConfig
 from kdflow.data.imagefolder import Manifest, ManifestDataset, Sample, write_manifest
 from kdflow.data.multicrop import INTERPOLATIONS, sample_crops
 from kdflow.distill.fkd import ReplayDataset, fkd_passes, soft_cross_entropy
@@ -135,10 +136,22 @@ def labelled_images(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "train" / cls / f"img{i}.png")
         samples.append(Sample(f"train/{cls}/img{i}.png", cls, i % 3))
     manifest = Manifest(root=root, samples=samples, classes=["n00", "n01", "n02"])
-    write_manifest(root / "subset.tsv", manifest)
+    write_manifest(root / "subset.tsv", manifest, "imgs")
     torch.manual_seed(0)
     save_teacher(root / "teacher.safetensors", Network("test_resnet", num_classes=3), "t", "random_init")
     return root
+
+
+def _dataset(images) -> dict:
+    return {"name": "imgs", "root": images, "work_dir": images / "work"}
+
+
+def job(spec: dict, images) -> JobConfig:
+    """``spec`` as the soft-label jobs get it (kdflow.config.resolve_soft_labels): its subset's
+    dataset resolved; workers and commit_every are execution settings, outside its identity."""
+    identity = {k: v for k, v in spec.items() if k not in ("workers", "commit_every")}
+    return JobConfig({**spec, "data": {"name": "sub", "dataset": _dataset(images)}},
+                     identity={**identity, "data": {"name": "sub", "dataset": {"name": "imgs"}}})
 
 
 def generation_spec(shards: int, label_type: str = "marginal_smoothing", k: int = 2) -> dict:
@@ -150,6 +163,7 @@ def generation_spec(shards: int, label_type: str = "marginal_smoothing", k: int 
 
 
 def build_store(images, out, spec) -> SoftLabelStore:
+    spec = job(spec, images)
     for k in range(spec["shards"]):
         soft_label_shard(spec, images / "subset.tsv", k, out, out / "state", teacher_path=images / "teacher.safetensors")
     soft_label_store(spec, images / "subset.tsv", out, teacher_path=images / "teacher.safetensors")
@@ -190,7 +204,7 @@ def test_interrupted_generation_resumes_byte_identical(labelled_images, tmp_path
 
     monkeypatch.setattr(ShardWriter, "commit", commit_then_die)
     with pytest.raises(KeyboardInterrupt):
-        soft_label_shard(spec, labelled_images / "subset.tsv", 0, out, out / "state",
+        soft_label_shard(job(spec, labelled_images), labelled_images / "subset.tsv", 0, out, out / "state",
                          teacher_path=labelled_images / "teacher.safetensors")
     assert not shard_file(out, 0, "bin").exists()
     monkeypatch.setattr(ShardWriter, "commit", real_commit)
@@ -229,11 +243,12 @@ def test_a_partial_shard_of_another_config_is_refused(labelled_images, tmp_path,
 
     monkeypatch.setattr(ShardWriter, "commit", commit_then_die)
     with pytest.raises(KeyboardInterrupt):
-        soft_label_shard(spec, labelled_images / "subset.tsv", 0, out, out / "state",
+        soft_label_shard(job(spec, labelled_images), labelled_images / "subset.tsv", 0, out, out / "state",
                          teacher_path=labelled_images / "teacher.safetensors")
     monkeypatch.setattr(ShardWriter, "commit", real_commit)
     with pytest.raises(SoftLabelError, match="different config"):
-        soft_label_shard({**spec, "seed": 8}, labelled_images / "subset.tsv", 0, out, out / "state",
+        soft_label_shard(job({**spec, "seed": 8}, labelled_images), labelled_images / "subset.tsv", 0, out,
+                         out / "state",
                          teacher_path=labelled_images / "teacher.safetensors")
 
 
@@ -268,7 +283,7 @@ def test_replay_refuses_an_image_that_changed_size(labelled_images, tmp_path):
 def _read(images):
     from kdflow.data.imagefolder import read_manifest
 
-    return read_manifest(images / "subset.tsv")
+    return read_manifest(images / "subset.tsv", _dataset(images))
 
 
 # --------------------------------------------------------------------------- FKD's published files
@@ -301,8 +316,8 @@ def test_import_of_fkd_files(labelled_images, tmp_path, dtype):
             "seed": 0, "commit_every": 3, "import": {"root": str(fkd_root), "num_classes": 1000}}
     out = tmp_path / "store"
     for k in range(2):
-        soft_label_shard(spec, labelled_images / "subset.tsv", k, out, out / "state")
-    soft_label_store(spec, labelled_images / "subset.tsv", out)
+        soft_label_shard(job(spec, labelled_images), labelled_images / "subset.tsv", k, out, out / "state")
+    soft_label_store(job(spec, labelled_images), labelled_images / "subset.tsv", out)
     store = SoftLabelStore(out)
     assert store.crops_per_image == 6 and store.codec.explicit_boxes and store.meta["bytes_per_crop"] == 24
     manifest_ds = ManifestDataset(_read(labelled_images))
@@ -329,11 +344,11 @@ def test_import_names_a_missing_or_malformed_file(labelled_images, tmp_path):
     spec = {"name": "x", "label": {"type": "marginal_smoothing", "k": 5}, "shards": 1, "workers": 0, "seed": 0,
             "commit_every": 3, "import": {"root": str(root), "num_classes": 1000}}
     with pytest.raises(SoftLabelError, match=r"img0\.tar: holds top-3 labels"):
-        soft_label_shard(spec, labelled_images / "subset.tsv", 0, tmp_path / "o", tmp_path / "st")
+        soft_label_shard(job(spec, labelled_images), labelled_images / "subset.tsv", 0, tmp_path / "o", tmp_path / "st")
     (root / "train" / "n01" / "img1.tar").unlink()
     spec["label"]["k"] = 3
     with pytest.raises(SoftLabelError, match=r"not found: .*img1\.tar"):
-        soft_label_shard(spec, labelled_images / "subset.tsv", 0, tmp_path / "o2", tmp_path / "st2")
+        soft_label_shard(job(spec, labelled_images), labelled_images / "subset.tsv", 0, tmp_path / "o2", tmp_path / "st2")
 
 
 def test_schema_interpolations_are_the_ones_implemented():

@@ -4,10 +4,11 @@ is saved in the resumable state but not in the exported student."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from conftest import make_imagefolder
+from conftest import REPO, make_imagefolder
 from kdflow.data.imagefolder import split_manifest
 from kdflow.distill.base import METHODS, Method, register_method
 from kdflow.models.network import Network
@@ -68,3 +69,85 @@ def test_plugged_method_runs_through_generic_trainer(tmp_path):
     assert not any("target" in k for k in student.backbone_state_dict())
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert log[0].startswith("epoch,pass,lr,loss,dist") and len(log) == 3
+
+
+def _string_literals(path):
+    """Every quoted string of a Python or Snakemake file (comments and prose docstrings aside,
+    a method name in a string is code that singles the method out)."""
+    import io
+    import tokenize
+
+    text = path.read_text()
+    if path.suffix == ".py":
+        tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+        return [t.string for t in tokens if t.type == tokenize.STRING and not t.string.startswith('"""')]
+    import re
+
+    return re.findall(r"\"[^\"\n]*\"|'[^'\n]*'", "\n".join(line.split("#")[0] for line in text.splitlines()))
+
+
+def test_no_method_is_named_by_the_config_the_rules_or_the_pretrain_job(repo):
+    """A method is one module: config validation, the Snakefile's inputs and the pretrain job read
+    its declaration, never its name."""
+    from kdflow.distill.registry import declarations
+
+    names = set(declarations())
+    assert {"kdep", "fkd", "supervised", "scratch", "imported"} <= names
+    files = [repo / "src" / "kdflow" / "config.py", repo / "src" / "kdflow" / "jobs" / "pretrain.py",
+             repo / "workflow_scripts" / "pretrain.py", *sorted((repo / "rules").glob("*.smk"))]
+    for path in files:
+        named = {lit.strip("\"'") for lit in _string_literals(path)} & names
+        assert not named, f"{path.name} names methods {sorted(named)}"
+
+
+def test_reading_declarations_and_the_config_does_not_import_torch():
+    """What the Snakefile imports to build the DAG stays light (snakemake -n is fast)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kdflow.config as c, kdflow.paths, kdflow.tasks, kdflow.data.content; "
+            "cfg = c.load_config('config/config.yaml'); [c.resolve_run(cfg, n).identity for n in cfg['pretrain']]; "
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_declaration_must_be_a_literal_and_consistent(tmp_path):
+    from kdflow.distill.registry import DeclarationError, read_declaration
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("NAME = 'x'\nDECLARATION = {'name': NAME}\n")
+    with pytest.raises(DeclarationError, match="bad.py: DECLARATION must be a plain literal"):
+        read_declaration(bad)
+    bad.write_text("DECLARATION = {'name': 'x', 'artefacts': ['svd'], 'teacher': 'logits'}\n")
+    with pytest.raises(DeclarationError, match="the svd artefact is made from a teacher's features"):
+        read_declaration(bad)
+    assert read_declaration(REPO / "tests" / "methods" / "logit_probe.py").teacher == "logits"
+
+
+def test_a_config_naming_an_unknown_method_lists_the_declared_ones(repo):
+    import copy
+
+    import yaml
+
+    from kdflow.config import ConfigError, validate_config
+
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    bad = copy.deepcopy(cfg)
+    bad["pretrain"]["supervised_in48"]["method"] = "vkd"
+    with pytest.raises(ConfigError, match=r"config.pretrain.supervised_in48.method: 'vkd' is not one of"):
+        validate_config(bad)
+    bad = copy.deepcopy(cfg)
+    bad["pretrain"]["supervised_in48"]["kdep"] = {"tau": 0.2}  # another method's option block
+    with pytest.raises(ConfigError, match=r"supervised_in48.kdep: the option block of method .kdep., but the run.s method is .supervised."):
+        validate_config(bad)
+    plugged = copy.deepcopy(cfg)
+    plugged["method_modules"] = [str(repo / "tests" / "methods" / "logit_probe.py")]
+    plugged["pretrain"]["probe"] = {"method": "logit_probe", "student": "r18", "teacher": "demo_r18",
+                                    "data": "demo_in_48"}
+    valid = validate_config(plugged)
+    assert valid["pretrain"]["probe"]["logit_probe"] == {"temperature": 2.0}  # its defaults filled
+    del plugged["pretrain"]["probe"]["teacher"]
+    with pytest.raises(ConfigError, match=r"probe.teacher: method 'logit_probe' needs a teacher \(it reads its logits"):
+        validate_config(plugged)

@@ -54,10 +54,12 @@ def test_seed_changes_selection_and_fraction_keeps_balance(dataset):
 
 def test_manifest_round_trip_and_symlinks(dataset, tmp_path):
     manifest = make_subset(dataset, per_class=3, seed=0)
-    write_manifest(tmp_path / "m.tsv", manifest)
-    back = read_manifest(tmp_path / "m.tsv")
+    write_manifest(tmp_path / "m.tsv", manifest, "in")
+    assert str(dataset) not in (tmp_path / "m.tsv").read_text()  # where the files lie is not the identity
+    back = read_manifest(tmp_path / "m.tsv", {"name": "in", "root": dataset, "work_dir": tmp_path / "work"})
     assert _paths(back) == _paths(manifest)
     assert back.classes == ["n01", "n02", "n03"] and back.root == dataset
+    assert [s.bytes for s in back.samples] == [(dataset / s.path).stat().st_size for s in manifest.samples]
     tree = materialise_symlinks(back, tmp_path / "links")
     links = sorted(p for p in tree.rglob("*.JPEG"))
     assert len(links) == 9 and all(p.is_symlink() and p.resolve().is_file() for p in links)

@@ -44,12 +44,28 @@ def _with_imported_run(config, work):
     return config
 
 
+def _with_plugin_method(config):
+    """Add a run of a test-only method that lives outside kdflow (tests/methods/logit_probe.py):
+    it reads the teacher's logits and owns a trainable module; the config only names its file."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["method_modules"] = [str(REPO / "tests" / "methods" / "logit_probe.py")]
+    cfg["pretrain"]["probe"] = {"method": "logit_probe", "student": "tres", "teacher": "tiny_teacher",
+                                "data": "tin_25", "training": cfg["pretrain"]["sup"]["training"],
+                                "logit_probe": {"temperature": 3.0}}
+    cfg["transfer"]["grids"]["tiny"]["runs"].append("probe")
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from conftest import write_config
 
     work = tmp_path_factory.mktemp("tiny")
     config = _with_imported_run(write_config(REPO / "tests" / "data" / "tiny_config.yaml", work), work)
+    config = _with_plugin_method(config)
     done = snakemake(config)
     assert done.returncode == 0, done.stderr[-4000:]
     return config, work / "results"
@@ -62,7 +78,7 @@ def test_tiny_dag_produces_every_artefact(tiny_run):
         assert f"| {run} |" in table
     assert "mean ± sample standard deviation" in table
     metrics = sorted((results / "transfer" / "classification" / "tdown").glob("*/seed*/metrics.json"))
-    assert len(metrics) == 12
+    assert len(metrics) == 14
     record = json.loads(metrics[0].read_text())
     assert record["task"] == "classification" and {m["checkpoint"] for m in record["metrics"]} == {"best", "final"}
     svd_prov = json.loads((results / "svd" / "tiny_teacher" / "tin_25.provenance.json").read_text())
@@ -86,6 +102,25 @@ def test_tiny_dag_produces_every_artefact(tiny_run):
     assert fkd_log[0].split(",")[:5] == ["epoch", "pass", "lr", "loss", "soft_ce"] and len(fkd_log) == 2  # 1 pass = 2 epochs
     teacher_metrics = json.loads((results / "teachers" / "tiny_teacher" / "metrics.json").read_text())
     assert teacher_metrics["metrics"][0]["metric"] == "val_top1"
+
+
+def test_a_method_declared_outside_kdflow_runs_through_the_workflow(tiny_run):
+    """tests/methods/logit_probe.py: teacher logits, a method-owned probe, its own option block."""
+    from safetensors.torch import load_file
+
+    _, results = tiny_run
+    run_dir = results / "pretrain" / "probe"
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["config"]["method"] == "logit_probe"
+    assert provenance["config"]["logit_probe"] == {"temperature": 3.0}  # its option block, in the identity
+    assert provenance["config"]["teacher"]["name"] == "tiny_teacher"
+    assert provenance["execution"]["method_module"].endswith("tests/methods/logit_probe.py")
+    assert (run_dir / "log.csv").read_text().splitlines()[0].split(",")[:4] == ["epoch", "pass", "lr", "loss"]
+    assert "kl" in (run_dir / "log.csv").read_text().splitlines()[0].split(",")
+    student = load_file(run_dir / "student.safetensors")
+    assert student and not any(k.startswith("probe") for k in student)  # the probe is never exported
+    assert (results / "transfer" / "classification" / "tdown" / "probe" / "seed1" / "metrics.json").is_file()
+    assert "| probe |" in (results / "tables" / "classification.md").read_text()
 
 
 def test_rerun_does_nothing(tiny_run):

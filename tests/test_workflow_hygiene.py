@@ -33,19 +33,103 @@ def test_snakefmt_check_passes():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_conda_envs_pin_the_requirement_versions():
-    required = _pins((REPO / "requirements.txt").read_text().splitlines())
-    for env_file in sorted((REPO / "envs").glob("*.yaml")):
-        env = yaml.safe_load(env_file.read_text())
-        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-        pinned = _pins(pip)
-        assert pinned, env_file
+# The envs every rule may use; any other envs/*.yaml belongs to one optional engine (envs/mmseg.yaml,
+# envs/detectron2.yaml) and may add that engine's own packages.
+CORE_ENVS = ("kdflow.yaml", "report.yaml")
+EXACT_PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]+\])?==[^=<>!~,;*]+")  # name[extras]==version
+
+
+def _requirement_files(root):
+    """requirements.txt and each optional engine's requirements-*.txt; the test tools are no runtime pin."""
+    extra = sorted(p for p in root.glob("requirements-*.txt") if p.name != "requirements-test.txt")
+    return [root / "requirements.txt", *extra]
+
+
+def _env_pip_pins(env_file):
+    env = yaml.safe_load(env_file.read_text())
+    pip = next((d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d), [])
+    return _pins(pip)
+
+
+def _env_pin_problems(root) -> list[str]:
+    """Why the conda envs under ``root/envs`` do not pin what the requirement files pin (empty: they do).
+
+    A package an env shares with a requirement file is pinned exactly as there, so a rule's env and a
+    by-hand install run the same versions; a package in no requirement file is an engine's own and
+    only an engine env may pin it, exactly (==); envs/kdflow.yaml pins every runtime requirement."""
+    requirements = {f.name: _pins(f.read_text().splitlines()) for f in _requirement_files(root)}
+    problems = []
+    for env_file in sorted((root / "envs").glob("*.yaml")):
+        pinned = _env_pip_pins(env_file)
+        if not pinned:
+            problems.append(f"{env_file.name}: pins no pip package")
         for name, spec in pinned.items():
-            assert name in required, f"{env_file.name}: {name} is not in requirements.txt"
-            assert spec == required[name], f"{env_file.name}: {spec} != requirements.txt {required[name]}"
-    kdflow_env = _pins(next(d["pip"] for d in yaml.safe_load((REPO / "envs" / "kdflow.yaml").read_text())
-                            ["dependencies"] if isinstance(d, dict)))
-    assert set(kdflow_env) == set(required), "the training env must pin every runtime requirement"
+            problems += _pin_problems(env_file.name, name, spec, requirements)
+    missing = set(requirements["requirements.txt"]) - set(_env_pip_pins(root / "envs" / "kdflow.yaml"))
+    if missing:
+        problems.append(f"kdflow.yaml: does not pin the runtime requirements {', '.join(sorted(missing))}")
+    return problems
+
+
+def _pin_problems(env: str, name: str, spec: str, requirements: dict[str, dict[str, str]]) -> list[str]:
+    shared = {req: pins[name] for req, pins in requirements.items() if name in pins}
+    if shared:
+        return [f"{env}: {spec} != {req} {want}" for req, want in shared.items() if spec != want]
+    if env in CORE_ENVS:
+        return [f"{env}: {name} is in no requirement file ({', '.join(requirements)})"]
+    if not EXACT_PIN.fullmatch(spec):
+        return [f"{env}: {spec} is not pinned exactly (==)"]
+    return []
+
+
+def test_conda_envs_pin_the_requirement_versions():
+    assert _env_pin_problems(REPO) == []
+
+
+def _fake_checkout(root, envs: dict[str, list[str]], requirements: dict[str, str]):
+    (root / "envs").mkdir()
+    for name, pip in envs.items():
+        (root / "envs" / name).write_text(yaml.safe_dump({"dependencies": ["python=3.11", "pip", {"pip": pip}]}))
+    for name, text in requirements.items():
+        (root / name).write_text(text)
+    return root
+
+
+_REQUIREMENTS = {"requirements.txt": "torch==2.14.1\nnumpy==2.4.6\n",
+                 "requirements-mmseg.txt": "mmengine==0.10.7\n",
+                 "requirements-test.txt": "pytest==9.2.0\n"}
+
+
+def test_env_pin_checker_accepts_an_engine_env_that_agrees_with_the_requirements(tmp_path):
+    root = _fake_checkout(tmp_path, {
+        "kdflow.yaml": ["torch==2.14.1", "numpy==2.4.6", "-e .."],
+        "report.yaml": ["numpy==2.4.6"],
+        "mmseg.yaml": ["torch==2.14.1", "mmengine==0.10.7", "mmsegmentation==1.2.2", "mmcv-lite==2.2.0"],
+    }, _REQUIREMENTS)
+    assert _env_pin_problems(root) == []
+
+
+def test_env_pin_checker_names_the_env_and_package_that_disagree(tmp_path):
+    root = _fake_checkout(tmp_path, {
+        "kdflow.yaml": ["torch==2.14.1", "numpy==2.4.6"],
+        "mmseg.yaml": ["torch==2.9.0", "mmengine==0.10.7"],
+    }, _REQUIREMENTS)
+    assert _env_pin_problems(root) == ["mmseg.yaml: torch==2.9.0 != requirements.txt torch==2.14.1"]
+
+
+def test_env_pin_checker_refuses_loose_or_stray_pins(tmp_path):
+    root = _fake_checkout(tmp_path, {
+        "kdflow.yaml": ["torch==2.14.1", "mmcv-lite==2.2.0"],  # an engine's package in a core env, no numpy
+        "report.yaml": ["numpy==2.4.6", "pytest==9.2.0"],  # a test tool is no runtime requirement
+        "mmseg.yaml": ["mmengine==0.10.6", "mmsegmentation>=1.2"],
+    }, _REQUIREMENTS)
+    assert _env_pin_problems(root) == [
+        "kdflow.yaml: mmcv-lite is in no requirement file (requirements.txt, requirements-mmseg.txt)",
+        "mmseg.yaml: mmengine==0.10.6 != requirements-mmseg.txt mmengine==0.10.7",
+        "mmseg.yaml: mmsegmentation>=1.2 is not pinned exactly (==)",
+        "report.yaml: pytest is in no requirement file (requirements.txt, requirements-mmseg.txt)",
+        "kdflow.yaml: does not pin the runtime requirements numpy",
+    ]
 
 
 def test_every_rule_has_log_benchmark_env_and_no_lambda():

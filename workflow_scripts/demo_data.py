@@ -6,13 +6,17 @@ By hand:  python workflow_scripts/demo_data.py --config config/config.yaml --dem
 import argparse
 
 from kdflow import paths
-from kdflow.config import load_config
-from kdflow.jobs.common import script_main
+from kdflow.config import load_config, resolve_demo
+from kdflow.jobs.common import config_of, script_main
 from kdflow.jobs.data import demo_data
 
 
+def job_args(cfg, demo):
+    return argparse.Namespace(name=demo, spec=resolve_demo(cfg, demo), out=paths.demo_dataset(cfg["results"], demo))
+
+
 def from_snakemake(smk):
-    return argparse.Namespace(name=smk.wildcards.demo, spec=smk.params.spec, out=smk.output[0])
+    return job_args(config_of(smk), smk.wildcards.demo)
 
 
 def from_cli():
@@ -20,9 +24,7 @@ def from_cli():
     parser.add_argument("--config", required=True)
     parser.add_argument("--demo", required=True, help="name of an entry under demo:")
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    return argparse.Namespace(name=args.demo, spec=cfg["demo"][args.demo],
-                              out=paths.demo_dataset(cfg["results"], args.demo))
+    return job_args(load_config(args.config), args.demo)
 
 
 def run(args):

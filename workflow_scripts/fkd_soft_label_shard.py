@@ -10,13 +10,13 @@ By hand:  python workflow_scripts/fkd_soft_label_shard.py --config config/config
 import argparse
 
 from kdflow.config import load_config
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import config_of, script_main
 from kdflow.jobs.softlabels import soft_label_job_paths, soft_label_shard
 
 
 def from_snakemake(smk):
-    return argparse.Namespace(spec=smk.params.spec, manifest=smk.input.manifest, teacher=smk.input.get("teacher"),
-                              shard=int(smk.wildcards.shard), out_dir=smk.params.out_dir, state=smk.params.state)
+    return argparse.Namespace(**soft_label_job_paths(config_of(smk), smk.wildcards.labels),
+                              shard=int(smk.wildcards.shard))
 
 
 def from_cli():

@@ -7,13 +7,12 @@ By hand:  python workflow_scripts/fkd_soft_labels.py --config config/config.yaml
 import argparse
 
 from kdflow.config import load_config
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import config_of, script_main
 from kdflow.jobs.softlabels import soft_label_job_paths, soft_label_store
 
 
 def from_snakemake(smk):
-    return argparse.Namespace(spec=smk.params.spec, manifest=smk.input.manifest, teacher=smk.input.get("teacher"),
-                              out_dir=smk.params.out_dir)
+    return argparse.Namespace(**soft_label_job_paths(config_of(smk), smk.wildcards.labels))
 
 
 def from_cli():

@@ -1,4 +1,4 @@
-"""Rule imagenet_subset: a seeded per-class subset of an ImageFolder split, written as a manifest.
+"""Rule imagenet_subset: a seeded per-class subset of a dataset's train split, written as a manifest.
 
 By hand:  python workflow_scripts/imagenet_subset.py --config config/config.yaml --subset demo_in_48
 """
@@ -7,13 +7,19 @@ import argparse
 
 from kdflow import paths
 from kdflow.config import load_config, resolve_subset
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import config_of, script_main
 from kdflow.jobs.data import imagenet_subset
 
 
+def job_args(cfg, name):
+    subset, results = resolve_subset(cfg, name), cfg["results"]
+    return argparse.Namespace(subset=subset, train=paths.dataset_manifest(results, subset["dataset"]["name"], "train"),
+                              manifest=paths.subset_manifest(results, name),
+                              symlinks=paths.subset_symlinks(results, name))
+
+
 def from_snakemake(smk):
-    return argparse.Namespace(subset=smk.params.subset, train=smk.input.train, manifest=smk.output.manifest,
-                              symlinks=smk.params.symlinks)
+    return job_args(config_of(smk), smk.wildcards.subset)
 
 
 def from_cli():
@@ -21,12 +27,7 @@ def from_cli():
     parser.add_argument("--config", required=True)
     parser.add_argument("--subset", required=True, help="name of an entry under subsets:")
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    subset = resolve_subset(cfg, args.subset)
-    return argparse.Namespace(subset=subset,
-                              train=paths.dataset_manifest(cfg["results"], subset["dataset"]["name"], "train"),
-                              manifest=paths.subset_manifest(cfg["results"], args.subset),
-                              symlinks=paths.subset_symlinks(cfg["results"], args.subset))
+    return job_args(load_config(args.config), args.subset)
 
 
 def run(args):

@@ -7,12 +7,17 @@ import argparse
 
 from kdflow import paths
 from kdflow.config import load_config, resolve_dataset
-from kdflow.jobs.common import script_main
+from kdflow.jobs.common import config_of, script_main
 from kdflow.jobs.data import prepare_dataset
 
 
+def job_args(cfg, dataset):
+    manifests = {split: paths.dataset_manifest(cfg["results"], dataset, split) for split in ("train", "test")}
+    return argparse.Namespace(dataset=resolve_dataset(cfg, dataset), manifests=manifests)
+
+
 def from_snakemake(smk):
-    return argparse.Namespace(dataset=smk.params.dataset, manifests={"train": smk.output.train, "test": smk.output.test})
+    return job_args(config_of(smk), smk.wildcards.dataset)
 
 
 def from_cli():
@@ -20,9 +25,7 @@ def from_cli():
     parser.add_argument("--config", required=True)
     parser.add_argument("--dataset", required=True, help="name of an entry under datasets:")
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    manifests = {split: paths.dataset_manifest(cfg["results"], args.dataset, split) for split in ("train", "test")}
-    return argparse.Namespace(dataset=resolve_dataset(cfg, args.dataset), manifests=manifests)
+    return job_args(load_config(args.config), args.dataset)
 
 
 def run(args):

@@ -1,4 +1,4 @@
-"""Rule pretrain: one pre-training run (kdep, fkd, supervised, ...) -> pretrain/<run>/student.safetensors.
+"""Rule pretrain: one pre-training run (any declared method) -> pretrain/<run>/student.safetensors.
 
 Resumable: the training state lives in <results>/state/pretrain/<run>/ (saved at every epoch end,
 and mid-epoch on a stop signal: SLURM's pre-timeout signal, scancel, preemption); a re-run
@@ -9,20 +9,31 @@ On N GPUs of one node (N DDP processes, the config's global batch):  add --gpus 
 """
 
 import argparse
-import os
 
 from kdflow import paths
-from kdflow.config import METHODS_WITH_HEAD, load_config, resolve_run, svd_subset_of
-from kdflow.jobs.common import add_gpus_option, script_main
+from kdflow.config import artefact_paths, load_config, method_of, resolve_run
+from kdflow.jobs.common import add_gpus_option, config_of, script_main
 from kdflow.jobs.pretrain import import_student, pretrain
 
 
+def job_args(cfg, name):
+    """What the run reads, as its method declares (the same paths the Snakefile asks for)."""
+    run, decl, results = resolve_run(cfg, name), method_of(cfg, name), cfg["results"]
+    args = argparse.Namespace(run=run, student=decl.student, out_dir=paths.pretrain_dir(results, name),
+                              state=paths.state_dir(results, "pretrain", name), manifest=None, teacher=None,
+                              val_manifest=None, artefacts={})
+    if decl.trains:
+        args.manifest = paths.subset_manifest(results, run["data"]["name"])
+        args.artefacts = artefact_paths(cfg, name)
+        if decl.teacher:
+            args.teacher = paths.teacher_weights(results, run["teacher"]["name"])
+        if decl.head:
+            args.val_manifest = paths.dataset_manifest(results, run["data"]["dataset"]["name"], "test")
+    return args
+
+
 def from_snakemake(smk):
-    soft_labels = smk.input.get("soft_labels")
-    return argparse.Namespace(run=smk.params.run, manifest=smk.input.get("manifest"), out_dir=smk.params.out_dir,
-                              state=smk.params.state, teacher=smk.input.get("teacher"), svd=smk.input.get("svd"),
-                              soft_labels=os.path.dirname(soft_labels) if soft_labels else None,
-                              val_manifest=smk.input.get("val_manifest"))
+    return job_args(config_of(smk), smk.wildcards.run)
 
 
 def from_cli():
@@ -32,27 +43,18 @@ def from_cli():
     parser.add_argument("--threads", type=int, default=None)
     add_gpus_option(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    results = cfg["results"]
-    run = resolve_run(cfg, args.run)
-    teacher = run.get("teacher", {}).get("name")
-    return argparse.Namespace(
-        run=run, manifest=paths.subset_manifest(results, run["data"]["name"]) if "data" in run else None,
-        out_dir=paths.pretrain_dir(results, args.run), state=paths.state_dir(results, "pretrain", args.run),
-        teacher=paths.teacher_weights(results, teacher) if teacher else None,
-        svd=paths.svd_file(results, teacher, svd_subset_of(cfg, args.run)) if run["method"] == "kdep" else None,
-        soft_labels=paths.soft_labels_dir(results, run["fkd"]["soft_labels"]) if run["method"] == "fkd" else None,
-        val_manifest=(paths.dataset_manifest(results, run["data"]["dataset"]["name"], "test")
-                      if run["method"] in METHODS_WITH_HEAD else None),
-        threads=args.threads, gpus=args.gpus)
+    return argparse.Namespace(**vars(job_args(load_config(args.config), args.run)), threads=args.threads,
+                              gpus=args.gpus)
 
 
 def run(args):
-    if args.run["method"] == "imported":
+    if args.student == "checkpoint":
         import_student(args.run, args.out_dir)
-        return
-    pretrain(args.run, args.manifest, args.out_dir, args.state, teacher_path=args.teacher, svd_path=args.svd,
-             soft_labels=args.soft_labels, val_manifest_path=args.val_manifest)
+    elif args.student == "trained":
+        pretrain(args.run, args.manifest, args.out_dir, args.state, teacher_path=args.teacher,
+                 artefacts=args.artefacts, val_manifest_path=args.val_manifest)
+    else:
+        raise SystemExit(f"run {args.run['name']!r} (method {args.run['method']!r}) has no pre-training to do")
 
 
 if __name__ == "__main__":

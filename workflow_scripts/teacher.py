@@ -5,18 +5,27 @@ By hand:  python workflow_scripts/teacher.py --config config/config.yaml --teach
 """
 
 import argparse
-from pathlib import Path
 
 from kdflow import paths
 from kdflow.config import load_config, resolve_teacher
-from kdflow.jobs.common import add_gpus_option, script_main
+from kdflow.jobs.common import add_gpus_option, config_of, script_main
 from kdflow.jobs.teacher import build_teacher
 
 
+def job_args(cfg, name):
+    teacher, results = resolve_teacher(cfg, name), cfg["results"]
+    manifest = val_manifest = None
+    if "train" in teacher:
+        data = teacher["train"]["data"]
+        manifest = paths.subset_manifest(results, data["name"])
+        val_manifest = paths.dataset_manifest(results, data["dataset"]["name"], "test")
+    return argparse.Namespace(teacher=teacher, out_dir=paths.teacher_dir(results, name),
+                              state=paths.state_dir(results, "teacher", name), manifest=manifest,
+                              val_manifest=val_manifest)
+
+
 def from_snakemake(smk):
-    return argparse.Namespace(teacher=smk.params.teacher, out_dir=Path(smk.output.weights).parent,
-                              state=smk.params.state, manifest=smk.input.get("manifest"),
-                              val_manifest=smk.input.get("val_manifest"))
+    return job_args(config_of(smk), smk.wildcards.teacher)
 
 
 def from_cli():
@@ -26,17 +35,8 @@ def from_cli():
     parser.add_argument("--threads", type=int, default=None)
     add_gpus_option(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    teacher = resolve_teacher(cfg, args.teacher)
-    results = cfg["results"]
-    manifest = val_manifest = None
-    if "train" in teacher:
-        data = teacher["train"]["data"]
-        manifest = paths.subset_manifest(results, data["name"])
-        val_manifest = paths.dataset_manifest(results, data["dataset"]["name"], "test")
-    return argparse.Namespace(teacher=teacher, out_dir=paths.teacher_dir(results, args.teacher),
-                              state=paths.state_dir(results, "teacher", args.teacher), manifest=manifest,
-                              val_manifest=val_manifest, threads=args.threads, gpus=args.gpus)
+    return argparse.Namespace(**vars(job_args(load_config(args.config), args.teacher)), threads=args.threads,
+                              gpus=args.gpus)
 
 
 def run(args):

@@ -7,14 +7,20 @@ By hand:  python workflow_scripts/teacher_eval.py --config config/config.yaml --
 import argparse
 
 from kdflow import paths
-from kdflow.config import load_config
-from kdflow.jobs.common import script_main
+from kdflow.config import load_config, resolve_teacher_check
+from kdflow.jobs.common import config_of, script_main
 from kdflow.jobs.teacher import check_teacher
 
 
+def job_args(cfg, name):
+    check, results = resolve_teacher_check(cfg, name), cfg["results"]
+    return argparse.Namespace(check=check, teacher=paths.teacher_weights(results, name),
+                              manifest=paths.dataset_manifest(results, check["dataset"]["name"], "test"),
+                              out=paths.teacher_check(results, name))
+
+
 def from_snakemake(smk):
-    return argparse.Namespace(name=smk.wildcards.teacher, teacher=smk.input.teacher, manifest=smk.input.manifest,
-                              check=smk.params.check, out=smk.output[0])
+    return job_args(config_of(smk), smk.wildcards.teacher)
 
 
 def from_cli():
@@ -23,16 +29,11 @@ def from_cli():
     parser.add_argument("--teacher", required=True, help="a teacher with a check: entry")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    results = cfg["results"]
-    check = cfg["teachers"][args.teacher]["check"]
-    return argparse.Namespace(name=args.teacher, teacher=paths.teacher_weights(results, args.teacher),
-                              manifest=paths.dataset_manifest(results, check["dataset"], "test"), check=check,
-                              out=paths.teacher_check(results, args.teacher), threads=args.threads)
+    return argparse.Namespace(**vars(job_args(load_config(args.config), args.teacher)), threads=args.threads)
 
 
 def run(args):
-    check_teacher(args.name, args.teacher, args.manifest, args.check, args.out)
+    check_teacher(args.check, args.teacher, args.manifest, args.out)
 
 
 if __name__ == "__main__":

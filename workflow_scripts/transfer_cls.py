@@ -5,21 +5,28 @@ By hand:  python workflow_scripts/transfer_cls.py --config config/config.yaml \
 """
 
 import argparse
-from pathlib import Path
 
 from kdflow import paths
-from kdflow.config import load_config, protocol_for, resolve_dataset, resolve_protocol, resolve_run
-from kdflow.jobs.common import add_gpus_option, script_main
-from kdflow.transfer.classification import finetune
+from kdflow.config import load_config, method_of, protocol_for, resolve_dataset, resolve_protocol, resolve_run
+from kdflow.jobs.common import add_gpus_option, config_of, script_main
+from kdflow.jobs.transfer import transfer_classification
 
 TASK = "classification"
 
 
+def job_args(cfg, dataset, run, seed):
+    results = cfg["results"]
+    student = None if method_of(cfg, run).student == "none" else paths.student_weights(results, run)
+    return argparse.Namespace(
+        run=resolve_run(cfg, run), dataset=resolve_dataset(cfg, dataset),
+        protocol=resolve_protocol(cfg, protocol_for(cfg, TASK, dataset, run, seed)), seed=seed,
+        out_dir=paths.transfer_dir(results, TASK, dataset, run, seed),
+        state=paths.state_dir(results, "transfer", TASK, dataset, run, f"seed{seed}"), student=student,
+        manifests={split: paths.dataset_manifest(results, dataset, split) for split in ("train", "test")})
+
+
 def from_snakemake(smk):
-    return argparse.Namespace(run=smk.params.run, dataset=smk.params.dataset, protocol=smk.params.protocol,
-                              seed=int(smk.wildcards.seed), out_dir=Path(smk.output.metrics).parent,
-                              state=smk.params.state, student=smk.input.get("student"),
-                              manifests={"train": smk.input.train, "test": smk.input.test})
+    return job_args(config_of(smk), smk.wildcards.dataset, smk.wildcards.run, int(smk.wildcards.seed))
 
 
 def from_cli():
@@ -31,21 +38,13 @@ def from_cli():
     parser.add_argument("--threads", type=int, default=None)
     add_gpus_option(parser)
     args = parser.parse_args()
-    cfg = load_config(args.config)
-    results = cfg["results"]
-    run = resolve_run(cfg, args.run)
-    student = None if run["method"] == "scratch" else paths.student_weights(results, args.run)
-    return argparse.Namespace(
-        run=run, dataset=resolve_dataset(cfg, args.dataset),
-        protocol=resolve_protocol(cfg, protocol_for(cfg, TASK, args.dataset, args.run, args.seed)),
-        seed=args.seed, out_dir=paths.transfer_dir(results, TASK, args.dataset, args.run, args.seed),
-        state=paths.state_dir(results, "transfer", TASK, args.dataset, args.run, f"seed{args.seed}"),
-        student=student, threads=args.threads, gpus=args.gpus,
-        manifests={split: paths.dataset_manifest(results, args.dataset, split) for split in ("train", "test")})
+    return argparse.Namespace(**vars(job_args(load_config(args.config), args.dataset, args.run, args.seed)),
+                              threads=args.threads, gpus=args.gpus)
 
 
 def run(args):
-    finetune(args.run, args.dataset, args.protocol, args.seed, args.out_dir, args.state, args.manifests, args.student)
+    transfer_classification(args.run, args.dataset, args.protocol, args.seed, args.out_dir, args.state,
+                            args.manifests, args.student)
 
 
 if __name__ == "__main__":

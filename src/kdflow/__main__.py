@@ -3,6 +3,8 @@
   doctor           versions, devices and optional engines of the installed stack
   import-kdep-svd  convert KDEP's released SVD trio (*_v.npy, *_feat_mean.npy, *_eigen_values.npy)
   validate         validate a config file and print the resolved runs
+  migrate          one-time upgrade of a results folder (manifests, Snakemake params) made by a
+                   kdflow older than config key roles (see kdflow.migrate)
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ def validate(args) -> int:
     return 0
 
 
+def migrate(args) -> int:
+    from kdflow.migrate import migrate as run_migration
+
+    return run_migration(args.configfile, args.snakemake_args, touch=not args.no_touch)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kdflow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +75,11 @@ def main(argv=None) -> int:
     val = sub.add_parser("validate", help="validate a config and list its runs")
     val.add_argument("config")
     val.set_defaults(func=validate)
+    mig = sub.add_parser("migrate", help="one-time upgrade of an older results folder (see kdflow.migrate)")
+    mig.add_argument("--configfile", required=True, help="the config the results were made with")
+    mig.add_argument("--no-touch", action="store_true", help="only rewrite manifests, do not run snakemake --touch")
+    mig.add_argument("snakemake_args", nargs="*", help="more snakemake arguments, after --")
+    mig.set_defaults(func=migrate)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,64 +1,106 @@
 """Loading, validating and resolving kdflow experiment configs.
 
-The YAML config is plain data. ``validate_config`` fills the schema's defaults (through
-``snakemake.utils.validate``, as the workflow does at load time) and then checks what a JSON
-schema cannot: that every name a run refers to is defined. Every error names its key path, e.g.
-``config.pretrain.kdep_r18.teacher: 'ms_r5' is not a defined teacher (known: ms_r50, sp_r50)``.
+The YAML config is plain data. ``validate_config`` checks it against the schema
+(``config/schema/config.schema.yaml``, completed at load time with the declared methods' option
+blocks and the registered tasks' protocol branches), fills the defaults, and then checks what a
+JSON schema cannot: that every name a run refers to is defined. Every error names its key path,
+e.g. ``config.pretrain.kdep_r18.teacher: 'ms_r5' is not a defined teacher (known: ms_r50, sp_r50)``.
 
-``resolve_*`` functions return the self-contained slice of the config that one job needs; the
-slice is what a job records in its provenance and what its config hash is computed from.
+Every key of the schema has a role (``x-role``):
+
+- **identity**: the key changes a result. It is part of the job's config hash, a Snakemake
+  ``params`` re-run trigger, and a resumable state made under another value is refused.
+- **execution**: the key changes only how or where a job runs (paths, loader workers, batch sizes
+  of frozen-network passes, ...). It is recorded in ``provenance.json`` and never triggers a re-run.
+
+``resolve_*`` return a ``JobConfig``: the slice of the config one job runs with (execution keys
+included) whose ``identity`` is the same slice without execution keys (what the job's result
+depends on; hashed by ``hash``).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kdflow import paths
+from kdflow.distill.registry import Declaration, declarations
 from kdflow.io import hash_data
+from kdflow.tasks import TASKS, builtin_protocols
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema" / "config.schema.yaml"
-
-METHODS_NEEDING_TEACHER = {"kdep"}
-# Methods whose student has a classification head over the pre-training classes: evaluated on the
-# test split of the pre-training dataset (FKD's headline number is the student's ImageNet top-1).
-METHODS_WITH_HEAD = {"supervised", "fkd"}
-
-# KDEP's classification transfer protocol (methods.md 1.8): full fine-tuning, SGD 0.9, wd 5e-4,
-# lr 0.001, 150 epochs with x0.1 every 50, batch 64, RandomResizedCrop(224) + flip, test
-# Resize(256) + CenterCrop(224), test top-1 every 5 epochs. KDEP feeds DTD, Caltech-256 and CUB
-# unnormalised images; ``kdep_unnormalised`` reproduces that quirk. A config may use these by name
-# without defining them; an entry of the same name in the config replaces the built-in one.
-BUILTIN_CLS_PROTOCOLS = {
-    "kdep": {
-        "training": {
-            "epochs": 150,
-            "batch_size": 64,
-            "optim": {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005},
-            "schedule": {"name": "step", "step_epochs": 50, "gamma": 0.1},
-            "augment": {"size": 224, "scale": [0.08, 1.0], "color_jitter": 0.0, "lighting": 0.0},
-            "eval": {"resize": 256, "crop": 224},
-            "eval_every": 5,
-        },
-        "normalize": "student",
-    },
-}
-BUILTIN_CLS_PROTOCOLS["kdep_unnormalised"] = {**BUILTIN_CLS_PROTOCOLS["kdep"], "normalize": "none"}
-BUILTIN_CLS_PROTOCOLS["kdep_cifar100"] = {
-    **BUILTIN_CLS_PROTOCOLS["kdep"],
-    "normalize": {"mean": [0.5071, 0.4867, 0.4408], "std": [0.2675, 0.2565, 0.2761]},
-}
-
+ROLE = "x-role"
+ROLES = ("identity", "execution")
 PLACEHOLDER = "<FILL"
-METHODS_WITHOUT_TRAINING = {"scratch", "imported"}
+_MODULES_KEY = "_method_modules"
 
 
 class ConfigError(ValueError):
     """A config that does not describe a valid experiment; the message names every key at fault."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@functools.lru_cache(maxsize=None)
+def _base_schema() -> str:
+    return SCHEMA_PATH.read_text(encoding="utf-8")
+
+
+def effective_schema(method_modules=()) -> dict:
+    """The schema file completed with what the registries declare: the method enum and each
+    method's option block (``pretrain.<run>.<method>``), the task enums and one protocol branch
+    per task."""
+    schema = yaml.safe_load(_base_schema())
+    defs = schema["$defs"]
+    methods = declarations(method_modules)
+    run = defs["pretrain_run"]["properties"]
+    run["method"]["enum"] = sorted(methods)
+    for decl in methods.values():
+        if decl.options is not None:
+            if decl.name in run:
+                raise ConfigError(f"{decl.module}: method {decl.name!r} clashes with the run key {decl.name!r}")
+            block = {k: v for k, v in copy.deepcopy(decl.options).items() if k != "default"}
+            run[decl.name] = {**block, ROLE: "identity"}  # only a run of that method has it (_own_option_blocks)
+    defs["protocol"]["properties"]["task"]["enum"] = sorted(TASKS)
+    defs["transfer_grid"]["properties"]["task"]["enum"] = sorted(TASKS)
+    defs["protocol"]["allOf"] = [
+        {"if": {"properties": {"task": {"const": task.name}}}, "then": {"$ref": f"#/$defs/{task.protocol_schema}"}}
+        for task in TASKS.values()
+    ]
+    return schema
+
+
+def _validator(schema: dict):
+    """A Draft 2020-12 validator that fills defaults as it validates (as snakemake.utils.validate)."""
+    from jsonschema import Draft202012Validator, validators
+
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": properties_with_defaults})(schema)
+
+
+def _method_modules(cfg: dict) -> tuple:
+    """The config's extra method modules (an identity config keeps them under a private key: a
+    file's location is an execution setting, but its declarations are needed to resolve runs)."""
+    modules = cfg.get("method_modules", cfg.get(_MODULES_KEY)) or ()
+    return tuple(modules) if isinstance(modules, list) and all(isinstance(m, str) for m in modules) else ()
+
+
+# --------------------------------------------------------------------------- validation
 
 
 def load_config(path: str | Path) -> dict:
@@ -73,18 +115,19 @@ def load_config(path: str | Path) -> dict:
 
 def validate_config(cfg: dict, source: str = "config") -> dict:
     """Validate ``cfg`` against the schema and cross-references; returns it with defaults filled."""
-    import jsonschema
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
     cfg = copy.deepcopy(cfg)
     transfer = cfg.get("transfer")
     if isinstance(transfer, dict) and isinstance(transfer.get("protocols", {}), dict):
-        transfer["protocols"] = {**copy.deepcopy(BUILTIN_CLS_PROTOCOLS), **transfer.get("protocols", {})}
+        transfer["protocols"] = {**builtin_protocols(), **transfer.get("protocols", {})}
     try:
-        validate(cfg, str(SCHEMA_PATH), set_default=True)
-    except (jsonschema.ValidationError, WorkflowError):
-        raise ConfigError(_schema_error_report(cfg, source)) from None
+        schema = effective_schema(_method_modules(cfg))
+    except ValueError as exc:  # a method module that cannot be read
+        raise ConfigError(f"{source}: config.method_modules: {exc}") from None
+    _own_option_blocks(cfg)
+    errors = sorted(_validator(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = [f"{_key_path(e.absolute_path)}: {_describe(e)}" for e in errors]
+        raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n  " + "\n  ".join(lines))
     # The default filler may place one default object in several entries; break that aliasing.
     cfg = json.loads(json.dumps(cfg))
     problems = reference_errors(cfg)
@@ -93,14 +136,13 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     return cfg
 
 
-def _schema_error_report(cfg: dict, source: str) -> str:
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(copy.deepcopy(cfg)), key=lambda e: list(e.absolute_path))
-    lines = [f"{_key_path(e.absolute_path)}: {_describe(e)}" for e in errors]
-    return f"{source} does not match {SCHEMA_PATH.name}:\n  " + "\n  ".join(lines or ["invalid"])
+def _own_option_blocks(cfg: dict) -> None:
+    """Every run gets its own method's option block (filled with defaults when validated)."""
+    methods = declarations(_method_modules(cfg))
+    for run in (cfg.get("pretrain") or {}).values():
+        decl = methods.get(run.get("method")) if isinstance(run, dict) else None
+        if decl is not None and decl.options is not None:
+            run.setdefault(decl.name, {})
 
 
 def _key_path(parts) -> str:
@@ -124,6 +166,11 @@ def _check_ref(problems: list, where: str, value: Any, section: str, cfg: dict, 
         problems.append(f"{where}: {value!r} is not a defined {kind} (known: {listing})")
 
 
+def method_of(cfg: dict, run_name: str) -> Declaration:
+    """The declaration of a run's method."""
+    return declarations(_method_modules(cfg))[cfg["pretrain"][run_name]["method"]]
+
+
 def reference_errors(cfg: dict) -> list[str]:
     """Every dangling or inconsistent name reference in a schema-valid config."""
     problems: list[str] = []
@@ -145,42 +192,83 @@ def reference_errors(cfg: dict) -> list[str]:
         if "generate" in labels:
             _check_ref(problems, f"{where}.generate.teacher", labels["generate"]["teacher"], "teachers", cfg,
                        "teacher")
-    for name, run in cfg["pretrain"].items():
-        where = f"config.pretrain.{name}"
-        if run["method"] == "fkd":
-            problems += _fkd_errors(cfg, where, run)
-        _check_ref(problems, f"{where}.student", run["student"], "students", cfg, "student")
-        method = run["method"]
-        if method in METHODS_NEEDING_TEACHER:
-            if "teacher" not in run:
-                problems.append(f"{where}.teacher: method {method!r} needs a teacher")
-            else:
-                _check_ref(problems, f"{where}.teacher", run["teacher"], "teachers", cfg, "teacher")
-            svd_subset = run.get("kdep", {}).get("svd_subset")
-            if svd_subset is not None:
-                _check_ref(problems, f"{where}.kdep.svd_subset", svd_subset, "subsets", cfg, "subset")
-        elif "teacher" in run:
-            problems.append(f"{where}.teacher: method {method!r} does not use a teacher")
-        if (method == "imported") != ("checkpoint" in run):
-            problems.append(f"{where}.checkpoint: needed by method 'imported' and only by it")
-        if method not in METHODS_WITHOUT_TRAINING:
-            if "data" not in run:
-                problems.append(f"{where}.data: method {method!r} needs a subset to train on")
-            else:
-                _check_ref(problems, f"{where}.data", run["data"], "subsets", cfg, "subset")
+    for name in cfg["pretrain"]:
+        problems += _run_errors(cfg, name)
+    problems += _transfer_errors(cfg)
+    return problems
+
+
+def _run_errors(cfg: dict, name: str) -> list[str]:
+    """A run against its method's declaration: teacher, data, checkpoint and artefacts."""
+    problems: list[str] = []
+    run, decl = cfg["pretrain"][name], method_of(cfg, name)
+    where, method = f"config.pretrain.{name}", decl.name
+    _check_ref(problems, f"{where}.student", run["student"], "students", cfg, "student")
+    if decl.teacher:
+        if "teacher" not in run:
+            problems.append(f"{where}.teacher: method {method!r} needs a teacher (it reads its {decl.teacher})")
+        else:
+            _check_ref(problems, f"{where}.teacher", run["teacher"], "teachers", cfg, "teacher")
+    elif "teacher" in run:
+        problems.append(f"{where}.teacher: method {method!r} does not use a teacher")
+    for other in set(run) & set(declarations(_method_modules(cfg))) - {method}:
+        problems.append(f"{where}.{other}: the option block of method {other!r}, but the run's method is {method!r}")
+    if (decl.student == "checkpoint") != ("checkpoint" in run):
+        problems.append(f"{where}.checkpoint: a checkpoint is needed by, and only by, a method that imports its "
+                        f"student (method {method!r} {'does' if decl.student == 'checkpoint' else 'does not'})")
+    if decl.trains:
+        if "data" not in run:
+            problems.append(f"{where}.data: method {method!r} needs a subset to train on")
+        else:
+            _check_ref(problems, f"{where}.data", run["data"], "subsets", cfg, "subset")
+    for artefact in decl.artefacts:
+        problems += ARTEFACT_CHECKS[artefact](cfg, where, run, run.get(method, {}), method)
+    return problems
+
+
+def _svd_errors(cfg, where, run, options, method) -> list[str]:
+    problems: list[str] = []
+    if options.get("svd_subset") is not None:
+        _check_ref(problems, f"{where}.{method}.svd_subset", options["svd_subset"], "subsets", cfg, "subset")
+    return problems
+
+
+def _soft_label_errors(cfg, where, run, options, method) -> list[str]:
+    problems: list[str] = []
+    name = options.get("soft_labels")
+    if name is None:
+        return [f"{where}.{method}.soft_labels: method {method!r} needs a soft_labels entry to replay"]
+    _check_ref(problems, f"{where}.{method}.soft_labels", name, "soft_labels", cfg, "soft-label set")
+    labels = cfg["soft_labels"].get(name)
+    if labels is not None and "data" in run and labels["data"] != run["data"]:
+        problems.append(f"{where}.data: {run['data']!r} differs from {labels['data']!r}, the subset the soft "
+                        f"labels {name!r} were made for")
+    return problems
+
+
+ARTEFACT_CHECKS = {"svd": _svd_errors, "soft_labels": _soft_label_errors}
+
+
+def _transfer_errors(cfg: dict) -> list[str]:
+    problems: list[str] = []
     transfer = cfg["transfer"]
     seen: dict[tuple, str] = {}
     for gname, grid in transfer["grids"].items():
         where = f"config.transfer.grids.{gname}"
         _check_ref(problems, f"{where}.protocol", grid["protocol"], "protocols", transfer, "protocol")
+        protocol = transfer["protocols"].get(grid["protocol"])
+        if protocol is not None and grid.get("task", protocol["task"]) != protocol["task"]:
+            problems.append(f"{where}.task: {grid['task']!r}, but protocol {grid['protocol']!r} is a "
+                            f"{protocol['task']!r} protocol")
         for i, ds in enumerate(grid["datasets"]):
             _check_ref(problems, f"{where}.datasets[{i}]", ds, "datasets", cfg, "dataset")
         for i, run in enumerate(grid["runs"]):
             _check_ref(problems, f"{where}.runs[{i}]", run, "pretrain", cfg, "pretrain run")
+        task = protocol["task"] if protocol is not None else None
         for ds in grid["datasets"]:
             for run in grid["runs"]:
                 for seed in grid["seeds"]:
-                    key = (grid["task"], ds, run, seed)
+                    key = (task, ds, run, seed)
                     if key in seen and transfer["grids"][seen[key]]["protocol"] != grid["protocol"]:
                         problems.append(
                             f"{where}: {ds}/{run}/seed{seed} is also in grid {seen[key]!r} "
@@ -190,100 +278,252 @@ def reference_errors(cfg: dict) -> list[str]:
     return problems
 
 
-def _fkd_errors(cfg: dict, where: str, run: dict) -> list[str]:
-    problems: list[str] = []
-    name = run["fkd"].get("soft_labels")
-    if name is None:
-        return [f"{where}.fkd.soft_labels: method 'fkd' needs a soft_labels entry to replay"]
-    _check_ref(problems, f"{where}.fkd.soft_labels", name, "soft_labels", cfg, "soft-label set")
-    labels = cfg["soft_labels"].get(name)
-    if labels is not None and "data" in run and labels["data"] != run["data"]:
-        problems.append(f"{where}.data: {run['data']!r} differs from {labels['data']!r}, the subset the soft "
-                        f"labels {name!r} were made for")
-    return problems
+# --------------------------------------------------------------------------- roles
 
 
-# --------------------------------------------------------------------------- resolved slices
+def _resolve_ref(node: dict, schema: dict) -> dict:
+    """A schema node with its ``$ref`` (local ``#/$defs/...``) merged in; local keys win."""
+    while "$ref" in node:
+        target = schema
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
 
 
-def resolve_dataset(cfg: dict, name: str) -> dict:
-    """Dataset entry with an absolute-or-relative ``root`` filled in for demo datasets."""
-    ds = copy.deepcopy(cfg["datasets"][name])
-    if "demo" in ds:
-        ds["root"] = str(Path(cfg["results"]) / "data" / "demo" / ds["demo"])
-    return {"name": name, **ds}
+def object_properties(node: dict, schema: dict) -> dict[str, dict]:
+    """Properties an object node may have: its own and those of its oneOf/anyOf/allOf/then branches."""
+    node = _resolve_ref(node, schema)
+    props = dict(node.get("properties", {}))
+    for key in ("oneOf", "anyOf", "allOf"):
+        for branch in node.get(key, []):
+            props.update(object_properties(branch, schema))
+    if "then" in node:
+        props.update(object_properties(node["then"], schema))
+    return props
 
 
-def resolve_subset(cfg: dict, name: str) -> dict:
-    sub = copy.deepcopy(cfg["subsets"][name])
-    return {"name": name, **sub, "dataset": resolve_dataset(cfg, sub["dataset"])}
-
-
-def resolve_teacher(cfg: dict, name: str) -> dict:
-    teacher = copy.deepcopy(cfg["teachers"][name])
-    if "train" in teacher:
-        teacher["train"]["data"] = resolve_subset(cfg, teacher["train"]["data"])
-    return {"name": name, **teacher}
-
-
-def resolve_student(cfg: dict, name: str) -> dict:
-    return {"name": name, **copy.deepcopy(cfg["students"][name])}
-
-
-def resolve_soft_labels(cfg: dict, name: str) -> dict:
-    labels = copy.deepcopy(cfg["soft_labels"][name])
-    labels["data"] = resolve_subset(cfg, labels["data"])
-    if "generate" in labels:
-        labels["generate"]["teacher"] = resolve_teacher(cfg, labels["generate"]["teacher"])
-    return {"name": name, **labels}
-
-
-def svd_subset_of(cfg: dict, run_name: str) -> str:
-    run = cfg["pretrain"][run_name]
-    return run.get("kdep", {}).get("svd_subset") or run["data"]
-
-
-def resolve_run(cfg: dict, name: str) -> dict:
-    """Everything that determines a pre-training run's result, and nothing else."""
-    run = copy.deepcopy(cfg["pretrain"][name])
-    method = run["method"]
-    out = {"name": name, "method": method, "student": resolve_student(cfg, run["student"])}
-    if method == "imported":
-        out["checkpoint"] = run["checkpoint"]
-    if method in METHODS_WITHOUT_TRAINING:
+def _strip_execution(value: Any, node: dict, schema: dict) -> Any:
+    node = _resolve_ref(node, schema)
+    if isinstance(value, dict):
+        props = object_properties(node, schema)
+        extra = node.get("additionalProperties")
+        out = {}
+        for key, item in value.items():
+            if key in props:
+                if props[key].get(ROLE) != "execution":
+                    out[key] = _strip_execution(item, props[key], schema)
+            elif isinstance(extra, dict):  # a named entry (a dataset, a run, ...)
+                out[key] = _strip_execution(item, extra, schema)
+            elif not key.startswith("_"):  # "_" keys are YAML anchors, ignored
+                out[key] = item
         return out
-    out["data"] = resolve_subset(cfg, run["data"])
-    out["training"] = run["training"]
-    if method in METHODS_NEEDING_TEACHER:
-        out["teacher"] = resolve_teacher(cfg, run["teacher"])
-    if method == "kdep":
-        out["kdep"] = {**run["kdep"], "svd_subset": svd_subset_of(cfg, name)}
-        out["svd"] = cfg["svd"]
-    if method == "fkd":
-        out["fkd"] = run["fkd"]
-        out["soft_labels"] = resolve_soft_labels(cfg, run["fkd"]["soft_labels"])
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        return [_strip_execution(item, node["items"], schema) for item in value]
+    return value
+
+
+def identity_config(cfg: dict) -> dict:
+    """``cfg`` without its execution keys (paths, workers, ...): what results depend on."""
+    schema = effective_schema(_method_modules(cfg))
+    return {**_strip_execution(cfg, schema, schema), _MODULES_KEY: list(_method_modules(cfg))}
+
+
+class JobConfig(dict):
+    """The config slice one job runs with; ``identity`` is the same slice without execution keys,
+    ``hash`` its sha256 (the job's config hash) and ``execution`` what the identity leaves out."""
+
+    def __init__(self, full: dict, identity: dict):
+        super().__init__(full)
+        self.identity = identity
+
+    @property
+    def hash(self) -> str:
+        return hash_data(self.identity)
+
+    @property
+    def execution(self) -> dict:
+        return _difference(dict(self), self.identity)
+
+    def __reduce__(self):  # pickles (to DDP ranks) with its identity
+        return (JobConfig, (dict(self), self.identity))
+
+
+def _difference(full: Any, identity: Any) -> Any:
+    """The parts of ``full`` that ``identity`` does not have (nested dicts)."""
+    if not isinstance(full, dict) or not isinstance(identity, dict):
+        return None
+    out = {}
+    for key, value in full.items():
+        if key not in identity:
+            out[key] = value
+        else:
+            inner = _difference(value, identity[key])
+            if inner:
+                out[key] = inner
     return out
 
 
-def run_config_hash(cfg: dict, name: str) -> str:
-    return hash_data(resolve_run(cfg, name))
+def _job_config(resolver, cfg: dict, *names) -> JobConfig:
+    return JobConfig(resolver(cfg, *names), resolver(identity_config(cfg), *names))
 
 
-def resolve_protocol(cfg: dict, name: str) -> dict:
+# --------------------------------------------------------------------------- resolved slices
+# Private resolvers build plain dicts from a full or an identity config; a slice resolved from an
+# identity config carries no paths (``results`` and roots are execution keys).
+
+
+def _dataset(cfg: dict, name: str) -> dict:
+    ds = copy.deepcopy(cfg["datasets"][name])
+    if "results" in cfg:  # where the files are read at job time: never part of the identity
+        ds["work_dir"] = paths.dataset_work_dir(cfg["results"], name)
+        if "demo" in ds:
+            ds["root"] = paths.demo_dataset(cfg["results"], ds["demo"])
+    return {"name": name, **ds}
+
+
+def _subset(cfg: dict, name: str) -> dict:
+    sub = copy.deepcopy(cfg["subsets"][name])
+    return {"name": name, **sub, "dataset": _dataset(cfg, sub["dataset"])}
+
+
+def _teacher(cfg: dict, name: str) -> dict:
+    teacher = copy.deepcopy(cfg["teachers"][name])
+    if "train" in teacher:
+        teacher["train"]["data"] = _subset(cfg, teacher["train"]["data"])
+    teacher.pop("check", None)  # the check gates consumers; it does not change the teacher's weights
+    return {"name": name, **teacher}
+
+
+def _teacher_check(cfg: dict, name: str) -> dict:
+    check = copy.deepcopy(cfg["teachers"][name]["check"])
+    return {"teacher": name, **check, "dataset": _dataset(cfg, check["dataset"])}
+
+
+def _student(cfg: dict, name: str) -> dict:
+    return {"name": name, **copy.deepcopy(cfg["students"][name])}
+
+
+def _soft_labels(cfg: dict, name: str) -> dict:
+    labels = copy.deepcopy(cfg["soft_labels"][name])
+    labels["data"] = _subset(cfg, labels["data"])
+    if "generate" in labels:
+        labels["generate"]["teacher"] = _teacher(cfg, labels["generate"]["teacher"])
+    return {"name": name, **labels}
+
+
+def _svd(cfg: dict, teacher: str, subset: str) -> dict:
+    return {**copy.deepcopy(cfg["svd"]), "teacher": _teacher(cfg, teacher), "subset": _subset(cfg, subset)}
+
+
+def svd_subset_of(cfg: dict, run_name: str) -> str:
+    """The subset of a run's SVD artefact: its method's ``svd_subset`` option, else its data."""
+    run = cfg["pretrain"][run_name]
+    return run.get(run["method"], {}).get("svd_subset") or run["data"]
+
+
+# How a run's artefacts (kdflow.distill.registry) enter its resolved slice and where they lie.
+ARTEFACT_SLICES = {
+    "svd": lambda cfg, name: {"svd": _svd(cfg, cfg["pretrain"][name]["teacher"], svd_subset_of(cfg, name))},
+    "soft_labels": lambda cfg, name: {"soft_labels": _soft_labels(
+        cfg, cfg["pretrain"][name][cfg["pretrain"][name]["method"]]["soft_labels"])},
+}
+
+
+def artefact_paths(cfg: dict, run_name: str) -> dict[str, str]:
+    """``{artefact: path}`` of a run: what its job reads besides data and teacher."""
+    run, results = cfg["pretrain"][run_name], cfg["results"]
+    found = {}
+    for artefact in method_of(cfg, run_name).artefacts:
+        if artefact == "svd":
+            found["svd"] = paths.svd_file(results, run["teacher"], svd_subset_of(cfg, run_name))
+        elif artefact == "soft_labels":
+            found["soft_labels"] = paths.soft_labels_store(results, run[run["method"]]["soft_labels"])
+    return found
+
+
+def _run(cfg: dict, name: str) -> dict:
+    """Everything that determines a pre-training run's result, from its method's declaration."""
+    run = copy.deepcopy(cfg["pretrain"][name])
+    decl = method_of(cfg, name)
+    out = {"name": name, "method": decl.name, "student": _student(cfg, run["student"])}
+    if not decl.builtin and "results" in cfg:
+        out["method_module"] = decl.module  # where a job imports the method from (execution)
+    if decl.student == "checkpoint":
+        out["checkpoint"] = run["checkpoint"]
+    if not decl.trains:
+        return out
+    out["data"] = _subset(cfg, run["data"])
+    out["training"] = run["training"]
+    if decl.teacher:
+        out["teacher"] = _teacher(cfg, run["teacher"])
+    if decl.options is not None:
+        out[decl.name] = run[decl.name]
+    for artefact in decl.artefacts:
+        out.update(ARTEFACT_SLICES[artefact](cfg, name))
+    return out
+
+
+def _protocol(cfg: dict, name: str) -> dict:
     return {"name": name, **copy.deepcopy(cfg["transfer"]["protocols"][name])}
+
+
+def _demo(cfg: dict, name: str) -> dict:
+    return {"name": name, **copy.deepcopy(cfg["demo"][name])}
+
+
+def resolve_dataset(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_dataset, cfg, name)
+
+
+def resolve_subset(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_subset, cfg, name)
+
+
+def resolve_teacher(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_teacher, cfg, name)
+
+
+def resolve_teacher_check(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_teacher_check, cfg, name)
+
+
+def resolve_soft_labels(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_soft_labels, cfg, name)
+
+
+def resolve_svd(cfg: dict, teacher: str, subset: str) -> JobConfig:
+    return _job_config(_svd, cfg, teacher, subset)
+
+
+def resolve_run(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_run, cfg, name)
+
+
+def resolve_protocol(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_protocol, cfg, name)
+
+
+def resolve_demo(cfg: dict, name: str) -> JobConfig:
+    return _job_config(_demo, cfg, name)
+
+
+def run_config_hash(cfg: dict, name: str) -> str:
+    return resolve_run(cfg, name).hash
 
 
 def transfer_jobs(cfg: dict) -> list[dict]:
     """One entry per (task, dataset, run, seed) of every transfer grid, in a stable order."""
     jobs: dict[tuple, dict] = {}
+    protocols = cfg["transfer"]["protocols"]
     for grid in cfg["transfer"]["grids"].values():
+        task = protocols[grid["protocol"]]["task"]
         for ds in grid["datasets"]:
             for run in grid["runs"]:
                 for seed in grid["seeds"]:
-                    key = (grid["task"], ds, run, seed)
-                    jobs.setdefault(key, {"task": grid["task"], "dataset": ds, "run": run,
-                                          "seed": seed, "protocol": grid["protocol"]})
-    return [jobs[k] for k in sorted(jobs, key=lambda k: (k[0], k[1], k[2], k[3]))]
+                    jobs.setdefault((task, ds, run, seed), {"task": task, "dataset": ds, "run": run, "seed": seed,
+                                                            "protocol": grid["protocol"]})
+    return [jobs[k] for k in sorted(jobs)]
 
 
 def protocol_for(cfg: dict, task: str, dataset: str, run: str, seed: int) -> str:

@@ -1,6 +1,7 @@
 """Self-describing result folders: ``provenance.json`` beside every artefact.
 
-A provenance record holds the resolved config slice and its hash, seeds, what went in (sha256 of
+A provenance record holds the resolved config slice (its identity: what the result depends on) and
+its hash, the execution settings the job ran with (paths, workers, ...), seeds, what went in (sha256 of
 files; size and mtime of dataset folders), package versions, git commit, host, device and wall
 time. Tables and later stages trust these records, never file names alone.
 """
@@ -34,6 +35,9 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def git_commit(repo: Path | None = None) -> str | None:
+    """HEAD's commit, with ``-dirty`` when the work tree differs from it. Untracked files count: a run
+    made with a new, not yet added source file cannot be reproduced from the commit. Ignored files
+    (results/, .snakemake/, .venv/) do not."""
     repo = repo or Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
@@ -44,7 +48,7 @@ def git_commit(repo: Path | None = None) -> str | None:
     if out.returncode != 0:
         return None
     dirty = subprocess.run(
-        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=normal"],
         capture_output=True, text=True, timeout=10,
     )
     suffix = "-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else ""
@@ -90,11 +94,13 @@ class Provenance:
     def __init__(self, stage: str, name: str, config: Any, seeds: dict | None = None,
                  threads: int | None = None):
         self.started = time.time()
+        identity = getattr(config, "identity", config)  # a kdflow.config.JobConfig, or plain identity data
         self.record: dict[str, Any] = {
             "stage": stage,
             "name": name,
-            "config": config,
-            "config_hash": hash_data(config),
+            "config": identity,
+            "config_hash": hash_data(identity),
+            "execution": getattr(config, "execution", {}),
             "seeds": seeds or {},
             "inputs": [],
             "threads": threads,

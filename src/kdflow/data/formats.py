@@ -1,16 +1,17 @@
 """Preparers for the datasets of KDEP's protocols, as their authors distribute them.
 
 Each reads the original layout (never modifying it) and returns ``train``/``test`` manifests;
-anything derived (a symlink tree, decoded images) goes to the dataset's work folder. Every check
+anything derived (decoded images) goes to the dataset's work folder. Every check
 names the file or folder it expected.
 
 - ``imagenet``: ``train/<wnid>/*.JPEG`` as distributed; ``val/`` either already in class folders
-  or flat, reorganised by symlinks from a ground-truth file: the official devkit
+  or flat, labelled (in the manifest; nothing is moved or linked) from a ground-truth file: the official devkit
   (``ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt``, whose ILSVRC2012_IDs
   are mapped to wnids by the devkit's ``meta.mat``), Kaggle's ``LOC_val_solution.csv``, or a list
   with one wnid per line in file-name order (``imagenet_2012_validation_synset_labels.txt``).
 - ``cifar100``: the python-version archive (``cifar-100-python.tar.gz`` or its extracted folder),
-  decoded to PNG files; class index = CIFAR's fine label.
+  decoded to PNG files in the dataset's work folder (manifest base ``work``); class index = CIFAR's
+  fine label.
 - ``dtd``: split 1, train = ``train1.txt`` + ``val1.txt``, test = ``test1.txt``.
 - ``caltech256``: 257 classes (clutter included); the first 60 images of each class in index
   order (file number) train, the rest test.
@@ -20,7 +21,6 @@ names the file or folder it expected.
 from __future__ import annotations
 
 import csv
-import os
 import pickle
 import re
 import tarfile
@@ -34,14 +34,15 @@ IMAGENET_VAL_LABEL_FILES = (DEVKIT_GROUND_TRUTH, "LOC_val_solution.csv", "imagen
 CALTECH_TRAIN_PER_CLASS = 60
 
 
-def manifest_from_pairs(root: Path, pairs: list[tuple[str, str]], classes: list[str], what: str) -> Manifest:
+def manifest_from_pairs(root: Path, pairs: list[tuple[str, str]], classes: list[str], what: str,
+                        base: str = "root") -> Manifest:
     """A manifest from (relative path, class) pairs with a given class order."""
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({c for _, c in pairs if c not in index})
     if unknown:
         raise DatasetError(f"{what}: classes not in the class list: {', '.join(unknown[:10])}")
     samples = [Sample(path=p, cls=c, index=index[c]) for p, c in pairs]
-    return Manifest(root=Path(root), samples=samples, classes=list(classes))
+    return Manifest(root=Path(root), samples=samples, classes=list(classes), base=base)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -62,18 +63,10 @@ def imagenet(dataset: dict, work_dir: Path) -> dict[str, Manifest]:
     val_dir = _require(root / "val", f"ImageNet {dataset['name']!r} validation folder")
     if any(p.is_dir() for p in val_dir.iterdir()):
         test = split_manifest(root, "val")
-    else:
+    else:  # flat: each file labelled from the ground truth, read in place
         labels = _val_labels(dataset, root, val_dir)
-        tree = work_dir / "val"
-        for name, wnid in labels.items():
-            link = tree / wnid / name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            os.symlink((val_dir / name).resolve(), link)
-        listing = list_split(tree, "reorganised ImageNet val")
-        pairs = [(f"val/{wnid}/{name}", wnid) for wnid, names in listing.items() for name in names]
-        test = manifest_from_pairs(work_dir, pairs, train.classes, f"ImageNet val labels of {dataset['name']!r}")
+        pairs = [(f"val/{name}", wnid) for name, wnid in sorted(labels.items(), key=lambda item: (item[1], item[0]))]
+        test = manifest_from_pairs(root, pairs, train.classes, f"ImageNet val labels of {dataset['name']!r}")
     return {"train": train, "test": test}
 
 
@@ -122,20 +115,19 @@ def cifar100(dataset: dict, work_dir: Path) -> dict[str, Manifest]:
     folder = _cifar_folder(Path(dataset["root"]), work_dir)
     meta = _unpickle(_require(folder / "meta", "CIFAR-100 python version"))
     classes = [c.decode() for c in meta[b"fine_label_names"]]
-    images = work_dir / "images"
     manifests = {}
     for split in ("train", "test"):
         batch = _unpickle(_require(folder / split, "CIFAR-100 python version"))
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         pairs = []
         for k, (pixels, label, name) in enumerate(zip(data, batch[b"fine_labels"], batch[b"filenames"])):
-            rel = f"{split}/{classes[label]}/{k:05d}_{Path(name.decode()).stem}.png"
-            path = images / rel
+            rel = f"images/{split}/{classes[label]}/{k:05d}_{Path(name.decode()).stem}.png"
+            path = work_dir / rel
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels).save(path)
             pairs.append((rel, classes[label]))
-        manifests[split] = manifest_from_pairs(images, pairs, classes, f"CIFAR-100 {split}")
+        manifests[split] = manifest_from_pairs(work_dir, pairs, classes, f"CIFAR-100 {split}", base="work")
     return manifests
 
 

@@ -1,21 +1,29 @@
 """ImageFolder listing, manifests and the dataset that reads them.
 
-A manifest is a TSV with a ``# root=<folder>`` comment line and the columns ``path`` (relative to
-the root), ``class`` and ``index`` (position of the class in the sorted class list of the whole
-split, so indices agree with the full dataset). Every stage that reads images reads a manifest.
+A manifest is a TSV with the columns ``path``, ``class``, ``index`` (position of the class in the
+sorted class list of the whole split, so indices agree with the full dataset) and ``bytes`` (the
+file's size), after ``# dataset=<name>``, ``# base=<root|work>`` and ``# classes=...`` lines. It
+is the dataset's identity: its content, not where it lies. ``path`` is relative to a base folder
+that is resolved when a job reads the manifest: ``root`` (the dataset's configured folder, which
+may move, e.g. to node-local storage) or ``work`` (the dataset's work folder under the results
+root, for files kdflow derived, e.g. CIFAR's decoded PNGs). Every stage that reads images reads a
+manifest.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from kdflow.io import write_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+BASES = ("root", "work")
+FORMAT_LINE = "# kdflow manifest 2"
 
 
 class DatasetError(ValueError):
@@ -27,13 +35,16 @@ class Sample:
     path: str  # relative to the manifest root
     cls: str
     index: int
+    bytes: int | None = None  # file size (None until the manifest is written)
 
 
 @dataclass
 class Manifest:
-    root: Path
+    root: Path  # where ``path`` is relative to, for this process (resolved from ``base`` at job time)
     samples: list[Sample]
     classes: list[str]  # all classes of the split, index order
+    base: str = "root"
+    dataset: str | None = field(default=None, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -82,37 +93,62 @@ def split_manifest(root: str | Path, split: str) -> Manifest:
     return manifest_from_listing(root, split, list_split(root / split, f"split {split!r}"))
 
 
-def write_manifest(path: str | Path, manifest: Manifest) -> None:
+def write_manifest(path: str | Path, manifest: Manifest, dataset: str) -> None:
+    """Write ``manifest`` of ``dataset`` with every file's size (read from ``manifest.root``)."""
+    if manifest.base not in BASES:
+        raise ValueError(f"manifest base {manifest.base!r} is not one of {BASES}")
     buf = io.StringIO()
-    buf.write(f"# root={manifest.root}\n")
+    buf.write(f"{FORMAT_LINE}\n# dataset={dataset}\n# base={manifest.base}\n")
     buf.write("# classes=" + ",".join(manifest.classes) + "\n")
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(["path", "class", "index"])
+    writer.writerow(["path", "class", "index", "bytes"])
     for s in manifest.samples:
-        writer.writerow([s.path, s.cls, s.index])
+        size = s.bytes if s.bytes is not None else _size(manifest.root / s.path)
+        writer.writerow([s.path, s.cls, s.index, size])
     write_text(path, buf.getvalue())
 
 
-def read_manifest(path: str | Path) -> Manifest:
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+
+
+def dataset_bases(dataset: Mapping) -> dict[str, Path]:
+    """The folders a resolved dataset entry's manifests are relative to (``root`` and ``work``)."""
+    return {"root": Path(dataset["root"]), "work": Path(dataset["work_dir"])}
+
+
+def read_manifest(path: str | Path, dataset: Mapping) -> Manifest:
+    """Read a manifest, resolving its base folder from ``dataset`` (a resolved dataset entry of the
+    job's config: its ``root`` and ``work_dir`` as configured now, wherever the files were when the
+    manifest was written)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"manifest not found: {path}")
-    root = classes = None
+    header: dict[str, str] = {}
     rows = []
     with open(path, encoding="utf-8") as fh:
+        first = fh.readline().rstrip("\n")
+        if first != FORMAT_LINE:
+            raise DatasetError(f"{path} is not a kdflow manifest (version 2); a manifest written before kdflow "
+                               "recorded file sizes is converted by `python -m kdflow migrate`")
         for line in fh:
-            if line.startswith("# root="):
-                root = Path(line[len("# root="):].rstrip("\n"))
-            elif line.startswith("# classes="):
-                classes = line[len("# classes="):].rstrip("\n").split(",")
+            if line.startswith("# ") and "=" in line:
+                key, value = line[2:].rstrip("\n").split("=", 1)
+                header[key] = value
             elif not line.startswith("#"):
                 rows.append(line)
     reader = csv.reader(rows, delimiter="\t")
-    header = next(reader, None)
-    if header != ["path", "class", "index"] or root is None or classes is None:
-        raise DatasetError(f"{path} is not a kdflow manifest (needs '# root=', '# classes=' and a header)")
-    samples = [Sample(path=r[0], cls=r[1], index=int(r[2])) for r in reader if r]
-    return Manifest(root=root, samples=samples, classes=classes)
+    if next(reader, None) != ["path", "class", "index", "bytes"] or not {"dataset", "base", "classes"} <= set(header):
+        raise DatasetError(f"{path}: a kdflow manifest needs dataset=, base=, classes= and a header line")
+    if header["dataset"] != dataset["name"]:
+        raise DatasetError(f"{path} lists dataset {header['dataset']!r}, read as dataset {dataset['name']!r}")
+    root = dataset_bases(dataset)[header["base"]]
+    samples = [Sample(path=r[0], cls=r[1], index=int(r[2]), bytes=int(r[3])) for r in reader if r]
+    return Manifest(root=root, samples=samples, classes=header["classes"].split(","), base=header["base"],
+                    dataset=header["dataset"])
 
 
 class ManifestDataset:

@@ -48,7 +48,7 @@ def select_subset(manifest: Manifest, *, per_class: int | None = None, fraction:
     if short:
         raise DatasetError("classes with fewer images than the subset asks for:\n  " + "\n  ".join(short))
     samples = [s for s in manifest.samples if s.path in chosen]
-    return Manifest(root=manifest.root, samples=samples, classes=manifest.classes)
+    return Manifest(root=manifest.root, samples=samples, classes=manifest.classes, base=manifest.base)
 
 
 def make_subset(root: str | Path, split: str = "train", *, per_class: int | None = None,

@@ -1,6 +1,5 @@
-"""Distillation methods; importing this package registers the built-in ones."""
+"""Distillation methods, one module each (see kdflow.distill.registry for what a module declares).
 
-from kdflow.distill import fkd, kdep, supervised  # noqa: F401
-from kdflow.distill.base import METHODS, Method, MethodContext, get_method, register_method
-
-__all__ = ["METHODS", "Method", "MethodContext", "get_method", "register_method"]
+Importing this package imports nothing heavy: the Snakefile reads the methods' declarations
+without torch; ``kdflow.distill.base.get_method`` imports a method's module when a job needs it.
+"""

@@ -10,13 +10,17 @@ A method may
   (d) read teacher logits or features through ``context.teacher`` (a frozen ``Network``);
   (e) compute the loss: ``loss(student, batch) -> (loss, {name: value})``.
 
-Adding a method = one module in ``kdflow.distill`` decorated with ``@register_method``, a schema
-enum value, and tests of its math.
+Adding a method = one module with a ``DECLARATION`` (kdflow.distill.registry: what it needs, its
+option block's schema) and a ``Method`` subclass decorated with ``@register_method(DECLARATION)``,
+plus tests of its math. Config validation, the Snakefile and the pretrain job read the declaration.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
@@ -25,27 +29,49 @@ from torch import nn
 
 from kdflow.data.imagefolder import Manifest, ManifestDataset
 from kdflow.data.transforms import train_transform
+from kdflow.distill.registry import declarations
 
 METHODS: dict[str, type["Method"]] = {}
 
 
-def register_method(name: str):
+def register_method(declaration: dict | str):
+    """Class decorator: the ``Method`` that trains the method its module's ``DECLARATION`` names
+    (a bare name registers an in-process method without a declaration, e.g. in a test)."""
+    declaration = {"name": declaration} if isinstance(declaration, str) else declaration
+    name = declaration["name"]
+
     def decorate(cls: type["Method"]) -> type["Method"]:
-        if name in METHODS:
+        if name in METHODS and METHODS[name] is not cls:
             raise ValueError(f"method {name!r} registered twice ({METHODS[name].__name__}, {cls.__name__})")
         cls.name = name
+        cls.declaration = declaration
         METHODS[name] = cls
         return cls
 
     return decorate
 
 
-def get_method(name: str) -> type["Method"]:
-    import kdflow.distill  # noqa: F401  (registers the built-in methods)
-
+def get_method(name: str, module: str | Path | None = None) -> type["Method"]:
+    """The registered ``Method`` of ``name``; its module is imported first: ``module`` (a file
+    listed under the config's ``method_modules``) or the built-in module declaring ``name``."""
     if name not in METHODS:
-        raise KeyError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+        if module is not None:
+            _import_file(Path(module))
+        else:
+            decl = declarations().get(name)
+            if decl is not None and decl.trains:
+                importlib.import_module(f"kdflow.distill.{Path(decl.module).stem}")
+    if name not in METHODS:
+        raise KeyError(f"no trainable method {name!r} is registered (known: {', '.join(sorted(METHODS)) or 'none'})")
     return METHODS[name]
+
+
+def _import_file(path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(f"kdflow_method_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import method module {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 
 
 @dataclass
@@ -75,13 +101,15 @@ def pass_seed(seed: int, pass_index: int, stream: int = 0) -> int:
 
 class Method:
     name: ClassVar[str] = "base"
+    declaration: ClassVar[dict] = {}
 
     def __init__(self, context: MethodContext):
         self.ctx = context
 
     @classmethod
-    def head_classes(cls, data: Manifest, artefacts: dict) -> int:
-        """Classes of the student's head (0: a head-less feature student, as KDEP's)."""
+    def head_classes(cls, data: Manifest, artefacts: dict, teacher: nn.Module | None) -> int:
+        """Classes of the student's head (0: a head-less feature student, as KDEP's); called with
+        the loaded teacher, so a method may size the head from it."""
         return 0
 
     # (c) -------------------------------------------------------------------------------------

@@ -22,6 +22,44 @@ from kdflow.data.multicrop import cut_crops, to_unit_float
 from kdflow.distill.base import ManifestBatches, Method, register_method
 from kdflow.distill.softlabels import LABEL_FIELDS, SoftLabelStore, record_tensors
 
+# The run's `fkd:` block.
+DECLARATION = {
+    "name": "fkd",
+    "student": "trained",
+    "artefacts": ["soft_labels"],
+    "head": True,
+    "options": {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "properties": {
+            "soft_labels": {"x-role": "identity", "type": "string", "description": "name of a soft_labels entry"},
+            "crops_per_visit": {"x-role": "identity", "type": "integer", "minimum": 1, "default": 4},
+            "single_crop_epochs": {
+                "x-role": "identity", "type": "integer", "minimum": 0,
+                "description": "final epochs run as single-crop passes (default = crops_per_visit, as FKD)"},
+            "temperature": {"x-role": "identity", "type": "number", "exclusiveMinimum": 0, "default": 1.0,
+                            "description": "on the student logits"},
+            "size": {"x-role": "identity", "type": "integer", "minimum": 8, "default": 224,
+                     "description": "student input size"},
+            "interpolation": {"x-role": "identity", "$ref": "#/$defs/interpolation", "default": "bilinear"},
+            "mixup": {
+                "x-role": "identity",
+                "type": "object",
+                "additionalProperties": False,
+                "default": {},
+                "properties": {
+                    "enabled": {"x-role": "identity", "type": "boolean", "default": False},
+                    "mixup_alpha": {"x-role": "identity", "type": "number", "exclusiveMinimum": 0, "default": 0.8},
+                    "cutmix_alpha": {"x-role": "identity", "type": "number", "exclusiveMinimum": 0, "default": 1.0},
+                    "cutmix_prob": {"x-role": "identity", "type": "number", "minimum": 0, "maximum": 1,
+                                    "default": 0.5},
+                },
+            },
+        },
+    },
+}
+
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """-(1/B) sum_b sum_c q_bc log softmax(z_b / T)_c; T acts on the student only (the teacher's
@@ -65,7 +103,7 @@ class ReplayDataset:
         return {"image": crops, "label": torch.full((self.n,), label, dtype=torch.long), **labels}
 
 
-@register_method("fkd")
+@register_method(DECLARATION)
 class FKD(Method):
     def __init__(self, context):
         super().__init__(context)
@@ -84,7 +122,7 @@ class FKD(Method):
         self.mixup = opts["mixup"]
 
     @classmethod
-    def head_classes(cls, data, artefacts) -> int:
+    def head_classes(cls, data, artefacts, teacher) -> int:
         return SoftLabelStore(artefacts["soft_labels"], verify=False).codec.num_classes
 
     def passes(self, epochs: int) -> list[int]:

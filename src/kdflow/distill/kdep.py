@@ -18,6 +18,26 @@ from torch.nn import functional as F
 from kdflow.distill.base import Method, register_method
 from kdflow.distill.svd import load_svd
 
+# The run's `kdep:` block: KDEP's defaults (tau 0.1, power 3, loss weight 3).
+DECLARATION = {
+    "name": "kdep",
+    "student": "trained",
+    "teacher": "features",
+    "artefacts": ["svd"],
+    "options": {
+        "type": "object",
+        "additionalProperties": False,
+        "default": {},
+        "properties": {
+            "tau": {"x-role": "identity", "type": "number", "exclusiveMinimum": 0, "default": 0.1},
+            "power": {"x-role": "identity", "type": "number", "exclusiveMinimum": 0, "default": 3},
+            "loss_weight": {"x-role": "identity", "type": "number", "exclusiveMinimum": 0, "default": 3.0},
+            "svd_subset": {"x-role": "identity", "type": "string",
+                           "description": "subset the SVD is computed on (default: the run's data)"},
+        },
+    },
+}
+
 
 def power_temperature_scaling(z: torch.Tensor, tau: float, power: float) -> torch.Tensor:
     return torch.sign(z) * (z.abs() / tau).pow(1.0 / power)
@@ -41,7 +61,7 @@ def kdep_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, align: SVD
     return weight * F.mse_loss(student_feat.float(), target)
 
 
-@register_method("kdep")
+@register_method(DECLARATION)
 class KDEP(Method):
     def __init__(self, context):
         super().__init__(context)

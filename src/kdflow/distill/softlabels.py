@@ -353,7 +353,9 @@ class SoftLabelStore:
     """Read access to a store; shards are memory-mapped lazily (once per process/worker)."""
 
     def __init__(self, folder: str | Path, verify: bool = True):
-        self.folder = Path(folder)
+        """``folder``: the store's folder, or its ``store.json`` (the file a finished store is known by)."""
+        folder = Path(folder)
+        self.folder = folder.parent if folder.name == STORE_FILE else folder
         meta_path = self.folder / STORE_FILE
         if not meta_path.is_file():
             raise SoftLabelError(f"no soft-label store at {self.folder} ({STORE_FILE} missing)")

@@ -8,11 +8,13 @@ from torch.nn import functional as F
 
 from kdflow.distill.base import Method, register_method
 
+DECLARATION = {"name": "supervised", "student": "trained", "head": True}
 
-@register_method("supervised")
+
+@register_method(DECLARATION)
 class Supervised(Method):
     @classmethod
-    def head_classes(cls, data, artefacts) -> int:
+    def head_classes(cls, data, artefacts, teacher) -> int:
         return data.num_classes
 
     def loss(self, student, batch):

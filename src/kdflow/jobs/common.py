@@ -1,23 +1,14 @@
-"""Helpers shared by job entry points."""
+"""Helpers shared by job entry points (the workflow scripts)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+import traceback
 from pathlib import Path
 
-
-def set_threads(threads: int | None) -> None:
-    """The rule's ``threads`` reach torch (intra-op) so jobs sharing a node do not oversubscribe."""
-    if not threads:
-        return
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    try:
-        import torch
-    except ImportError:  # the report environment has no torch and needs none
-        return
-    torch.set_num_threads(int(threads))
+from kdflow.train.launch import set_threads
 
 
 def metrics_record(task: str, dataset: str | None, run: str, seed: int | None, metrics: list[dict],
@@ -28,7 +19,11 @@ def metrics_record(task: str, dataset: str | None, run: str, seed: int | None, m
 
 @contextlib.contextmanager
 def job_output(log_path: str | None):
-    """Send this process's stdout and stderr (tqdm, warnings, C libraries) to the rule's log file."""
+    """Send this process's stdout and stderr (tqdm, warnings, C libraries) to the rule's log file.
+
+    A failure's traceback is written to the log too: the interpreter prints it only after the
+    descriptors are restored, i.e. to Snakemake's terminal or the SLURM job log, while the rule's
+    log (the file Snakemake tells the user to read) would otherwise stay without it."""
     if not log_path:
         yield
         return
@@ -41,6 +36,9 @@ def job_output(log_path: str | None):
         os.dup2(log.fileno(), 2)
         try:
             yield
+        except BaseException as exc:
+            _log_failure(log, exc)
+            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -48,6 +46,33 @@ def job_output(log_path: str | None):
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def _log_failure(log, exc: BaseException) -> None:
+    """What the interpreter will print for ``exc``, written to the log file object itself: ``sys.stderr``
+    may not be file descriptor 2 (a test runner's capture), and the log must have it either way."""
+    if isinstance(exc, SystemExit):  # Python prints an exit's message (if any), never its traceback
+        text = "" if exc.code is None or isinstance(exc.code, int) else f"{exc.code}\n"
+    else:
+        # exc's traceback starts at job_output's own yield, which the interpreter's report leaves out, and
+        # lacks the frames above the with block (the script's top level), which that report has.
+        tb = exc.__traceback__.tb_next or exc.__traceback__
+        report = traceback.TracebackException(type(exc), exc, tb)
+        report.stack = traceback.StackSummary.from_list([*traceback.extract_stack(tb.tb_frame.f_back), *report.stack])
+        text = "".join(report.format())
+    sys.stdout.flush()
+    sys.stderr.flush()  # what the job printed before failing comes first
+    log.write(text)
+    log.flush()
+
+
+def config_of(smk) -> dict:
+    """A job's validated config under Snakemake: the workflow's own (the same files and --config
+    overrides). Jobs take their full config slices from it, execution keys included; the rule's
+    ``params`` carry only the identity slices, as re-run triggers."""
+    from kdflow.config import validate_config
+
+    return validate_config(smk.config, source="the workflow's config")
 
 
 def add_gpus_option(parser) -> None:

@@ -26,12 +26,13 @@ def prepare_dataset(dataset: dict, manifests: dict[str, str | Path]) -> dict:
     """Write the ``train`` and ``test`` manifests of a resolved dataset entry."""
     prov = Provenance("prepare_dataset", name=dataset["name"], config=dataset)
     prov.add_inputs([dataset["root"]])
-    prepared = prepare(dataset, Path(manifests["train"]).parent)
+    prepared = prepare(dataset, dataset["work_dir"])
     counts = {}
     for split in SPLITS:
-        write_manifest(manifests[split], prepared[split])
+        write_manifest(manifests[split], prepared[split], dataset["name"])
         counts[split] = {"images": len(prepared[split]), "classes": prepared[split].num_classes}
     prov.write(Path(manifests["train"]).parent / "provenance.json", extra={"counts": counts})
+    print(f"[prepare_dataset {dataset['name']}] {counts}", flush=True)
     return counts
 
 
@@ -40,10 +41,10 @@ def imagenet_subset(subset: dict, train_manifest: str | Path, manifest_out: str 
     """``subset`` is a resolved subset entry (kdflow.config.resolve_subset); the subset is drawn
     from the dataset's prepared train manifest."""
     prov = Provenance("imagenet_subset", name=subset["name"], config=subset, seeds={"subset": subset["seed"]})
-    manifest = select_subset(read_manifest(train_manifest), per_class=subset.get("per_class"),
+    manifest = select_subset(read_manifest(train_manifest, subset["dataset"]), per_class=subset.get("per_class"),
                              fraction=subset.get("fraction"), seed=subset["seed"], source=str(train_manifest))
     manifest_out = Path(manifest_out)
-    write_manifest(manifest_out, manifest)
+    write_manifest(manifest_out, manifest, subset["dataset"]["name"])
     if subset["symlinks"] and symlink_dir is not None:
         materialise_symlinks(manifest, symlink_dir)
     counts = {"images": len(manifest), "classes": len({s.cls for s in manifest.samples})}

@@ -1,4 +1,9 @@
-"""The pretrain job: one run of any method -> an exported student (safetensors with metadata)."""
+"""The pretrain job: one run of any method -> an exported student (safetensors with metadata).
+
+What the job loads follows the run's method declaration (kdflow.distill.registry): a teacher when
+the method reads one, its artefacts, a head sized by the method once the teacher is loaded, and an
+evaluation of that head on the pre-training dataset's test split.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import torch
 
 from kdflow.data.imagefolder import read_manifest
 from kdflow.distill.base import get_method
-from kdflow.io import hash_data, write_json
+from kdflow.io import write_json
 from kdflow.jobs.common import metrics_record
 from kdflow.models.checkpoints import save_weights
 from kdflow.models.network import InputSpec, Network
@@ -35,74 +40,74 @@ def student_metadata(net: Network, run: dict, config_hash: str, epochs: int) -> 
     }
 
 
-def import_student(run: dict, out_dir: str | Path) -> dict:
-    """An ``imported`` run: a student pre-trained elsewhere (KDEP's released ResNet-18 in robustness
-    format, a timm/torchvision file), loaded strictly and exported like a trained one."""
+def import_student(run, out_dir: str | Path) -> dict:
+    """A run whose method imports its student (KDEP's released ResNet-18 in robustness format, a
+    timm/torchvision file): loaded strictly and exported like a trained one."""
     from kdflow.models.teacher import from_checkpoint
 
     out_dir = Path(out_dir)
-    config_hash = hash_data(run)
     prov = Provenance("pretrain", name=run["name"], config=run)
     prov.add_inputs([run["checkpoint"]["path"]])
     student_cfg = {"name": run["name"], "arch": run["student"]["arch"], "input": run["student"].get("input"),
                    "checkpoint": run["checkpoint"]}
     net, extra = from_checkpoint(student_cfg)
     save_weights(out_dir / "student.safetensors", net.backbone_state_dict(),
-                 student_metadata(net, run, config_hash, epochs=0))
+                 student_metadata(net, run, run.hash, epochs=0))
     write_json(out_dir / "metrics.json", metrics_record("pretrain", None, run["name"], None, [],
-                                                        config_hash=config_hash))
+                                                        config_hash=run.hash))
     prov.write(out_dir / "provenance.json", extra=extra)
     return extra
 
 
-def _head_evaluation(student: Network, data, val_manifest_path, training: dict, dist):
+def _head_evaluation(student: Network, data, val_manifest_path, dataset: dict, training: dict, dist):
     """Top-1 of the student's own head on the pre-training dataset's test split."""
     from kdflow.train.evaluate import val_top1
 
-    val = read_manifest(val_manifest_path)
+    val = read_manifest(val_manifest_path, dataset)
     if val.classes != data.classes or student.net.num_classes != val.num_classes:
         raise ValueError(f"{val_manifest_path}: its {val.num_classes} classes are not the student head's "
                          f"{student.net.num_classes} classes of {len(data.classes)}-class training data")
     return val_top1(val, training, dist.device)
 
 
-def pretrain(run: dict, manifest_path: str | Path, out_dir: str | Path, state_dir: str | Path,
-             teacher_path: str | Path | None = None, svd_path: str | Path | None = None,
-             soft_labels: str | Path | None = None, val_manifest_path: str | Path | None = None) -> dict:
-    """``run`` is a resolved pre-training run (kdflow.config.resolve_run). A student with a head over
-    the pre-training classes (supervised, FKD) is evaluated on ``val_manifest_path``."""
+def pretrain(run, manifest_path: str | Path, out_dir: str | Path, state_dir: str | Path,
+             teacher_path: str | Path | None = None, artefacts: dict[str, str | Path] | None = None,
+             val_manifest_path: str | Path | None = None) -> dict:
+    """``run`` is a resolved pre-training run (kdflow.config.resolve_run); ``artefacts`` the paths
+    its method declares (``svd``: the SVD file; ``soft_labels``: the store's folder). A student with
+    a head is evaluated on ``val_manifest_path``."""
     out_dir = Path(out_dir)
     training = run["training"]
-    config_hash = hash_data(run)
+    artefacts = dict(artefacts or {})
     prov = Provenance("pretrain", name=run["name"], config=run, seeds={"training": training["seed"]},
                       threads=torch.get_num_threads())
-    prov.add_inputs([p for p in (manifest_path, teacher_path, svd_path, val_manifest_path) if p])
-    if soft_labels:
-        prov.add_inputs([Path(soft_labels) / "store.json"])
+    prov.add_inputs([p for p in (manifest_path, teacher_path, val_manifest_path) if p])
+    prov.add_inputs(artefacts.values())
     dist = distributed.setup()
-    data = read_manifest(manifest_path)
-    method = get_method(run["method"])
+    dataset = run["data"]["dataset"]
+    data = read_manifest(manifest_path, dataset)
+    method = get_method(run["method"], run.get("method_module"))
+    teacher = load_teacher(teacher_path) if teacher_path else None
     torch.manual_seed(training["seed"])
-    artefacts = {"svd": svd_path, "soft_labels": soft_labels}
-    student = Network(run["student"]["arch"], num_classes=method.head_classes(data, artefacts),
+    student = Network(run["student"]["arch"], num_classes=method.head_classes(data, artefacts, teacher),
                       input_spec=InputSpec.from_config(run["student"].get("input")))
     artefacts["student_width"] = student.num_features
-    teacher = load_teacher(teacher_path) if teacher_path else None
-    evaluate = _head_evaluation(student, data, val_manifest_path, training, dist) if val_manifest_path else None
+    evaluate = (_head_evaluation(student, data, val_manifest_path, dataset, training, dist)
+                if val_manifest_path else None)
     result = train(run["method"], student, data, training, seed=training["seed"], run_dir=out_dir,
-                   state_dir=state_dir, config_hash=config_hash, dist=dist, teacher=teacher,
+                   state_dir=state_dir, config_hash=run.hash, dist=dist, teacher=teacher,
                    options=run.get(run["method"], {}), artefacts=artefacts, evaluate=evaluate,
                    desc=f"pretrain {run['name']}")
     if dist.rank == 0:
         student = student.cpu()
         save_weights(out_dir / "student.safetensors", student.backbone_state_dict(),
-                     student_metadata(student, run, config_hash, result["epochs"]))
+                     student_metadata(student, run, run.hash, result["epochs"]))
         last = result["rows"][-1]
         metrics = [{"metric": "train_loss", "value": last["loss"], "checkpoint": "final"}]
         if "val_top1" in last:
             metrics.append({"metric": "val_top1", "value": last["val_top1"], "checkpoint": "final"})
         write_json(out_dir / "metrics.json", metrics_record("pretrain", run["data"]["name"], run["name"],
-                                                            training["seed"], metrics, config_hash=config_hash))
+                                                            training["seed"], metrics, config_hash=run.hash))
         prov.write(out_dir / "provenance.json", extra={"epochs": result["epochs"], "passes": result["passes"],
                                                       "interruptions": result["interruptions"]})
         discard_state(state_dir)

@@ -216,15 +216,14 @@ def soft_label_shard(spec: dict, manifest_path: str | Path, shard: int, out_fold
                      state_dir: str | Path, teacher_path: str | Path | None = None) -> dict:
     """Write ``shard-<shard>.{bin,npz}`` of the store ``spec`` (a resolved ``soft_labels`` entry)."""
     started = time.time()
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path, spec["data"]["dataset"])
     if not len(manifest):
         raise SoftLabelError(f"{manifest_path} lists no images")
     codec, crops, teacher = _setup(spec, manifest, teacher_path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     first, stop = shard_range(len(manifest), spec["shards"], shard)
-    # what the records depend on (not workers or commit_every: a resumed job may change those)
-    content = {k: v for k, v in spec.items() if k not in ("workers", "commit_every")}
-    spec_hash = hash_data({"spec": content, "teacher": sha256_file(teacher_path) if teacher_path else None,
+    # what the records depend on (the identity: not workers or commit_every, which a resumed job may change)
+    spec_hash = hash_data({"spec": spec.identity, "teacher": sha256_file(teacher_path) if teacher_path else None,
                            "images": images_digest(s.path for s in manifest.samples)})
     writer = ShardWriter(state_dir, shard, first, stop, codec, crops, spec_hash)
     if writer.done:
@@ -268,7 +267,7 @@ def _summary(acc: dict) -> dict | None:
 def soft_label_store(spec: dict, manifest_path: str | Path, out_folder: str | Path,
                      teacher_path: str | Path | None = None) -> dict:
     """Merge the shards' index parts; ``store.json`` records the codec, sampling and checksums."""
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path, spec["data"]["dataset"])
     out_folder = Path(out_folder)
     shards = [shard_file(out_folder, k, "npz") for k in range(spec["shards"])]
     infos = [_shard_info(p) for p in shards]

@@ -15,6 +15,11 @@ COLUMNS = ["task", "dataset", "run", "seed", "metric", "checkpoint", "value", "p
 
 def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
+    paths = list(paths)
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} result(s) of the config's jobs are missing (run the workflow "
+                                "first): " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     for path in paths:
         record = read_json(path)
         for m in record["metrics"]:

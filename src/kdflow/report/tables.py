@@ -61,15 +61,19 @@ def aggregation_rule(stats: pd.DataFrame, metric: str, checkpoint: str, frame: p
             f"fine-tuning run; protocol(s): {', '.join(protocols)}. Rows: pre-training runs; columns: datasets.")
 
 
-def write_classification_table(frame: pd.DataFrame, out_csv: str | Path, out_md: str | Path, metric: str,
-                               checkpoint: str, run_order: list[str] | None = None) -> pd.DataFrame:
-    stats = aggregate(frame, "classification", metric, checkpoint)
-    sel = frame[(frame.task == "classification") & (frame.metric == metric) & (frame.checkpoint == checkpoint)]
+def write_task_table(frame: pd.DataFrame, task: str, out_csv: str | Path, out_md: str | Path, metric: str | None,
+                     checkpoint: str, run_order: list[str] | None = None) -> pd.DataFrame:
+    """One task's table; ``metric`` defaults to the task's own (kdflow.tasks)."""
+    from kdflow.tasks import TASKS
+
+    metric = metric or TASKS[task].metric
+    stats = aggregate(frame, task, metric, checkpoint)
+    sel = frame[(frame.task == task) & (frame.metric == metric) & (frame.checkpoint == checkpoint)]
     rule = aggregation_rule(stats, metric, checkpoint, sel)
     wide = to_wide(stats, run_order)
     write_text(out_csv, stats.to_csv(index=False))
     header = "| run | " + " | ".join(wide.columns) + " |"
     divider = "|---|" + "---|" * len(wide.columns)
     lines = [f"| {run} | " + " | ".join(wide.loc[run]) + " |" for run in wide.index]
-    write_text(out_md, "\n".join(["# Classification transfer", "", header, divider, *lines, "", rule, ""]))
+    write_text(out_md, "\n".join([f"# {task.capitalize()} transfer", "", header, divider, *lines, "", rule, ""]))
     return stats

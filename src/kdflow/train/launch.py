@@ -20,6 +20,18 @@ from pathlib import Path
 WORKER_MODULE = "kdflow.train.worker"
 
 
+def set_threads(threads: int | None) -> None:
+    """The job's ``threads`` reach torch (intra-op) so jobs sharing a node do not oversubscribe."""
+    if not threads:
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        import torch
+    except ImportError:  # the report environment has no torch and needs none
+        return
+    torch.set_num_threads(int(threads))
+
+
 class LaunchError(RuntimeError):
     pass
 

@@ -10,7 +10,7 @@ import pickle
 import runpy
 import sys
 
-from kdflow.jobs.common import set_threads
+from kdflow.train.launch import set_threads
 
 
 def main(spec_path: str) -> None:

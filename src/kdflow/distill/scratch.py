@@ -1,0 +1,3 @@
+"""The ``scratch`` baseline: no pre-training; every transfer job starts from a seeded random init."""
+
+DECLARATION = {"name": "scratch", "student": "none"}
