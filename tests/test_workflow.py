@@ -123,6 +123,27 @@ def test_a_method_declared_outside_kdflow_runs_through_the_workflow(tiny_run):
     assert "| probe |" in (results / "tables" / "classification.md").read_text()
 
 
+def test_tables_by_hand_read_the_configs_jobs_only(tiny_run):
+    """A metrics.json left by a run the config no longer has is not aggregated."""
+    import sys
+
+    config, results = tiny_run
+    table = results / "tables" / "classification.md"
+    before = table.read_text()
+    stale = results / "transfer" / "classification" / "tdown" / "old_run" / "seed0" / "metrics.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"task": "classification", "dataset": "tdown", "run": "old_run", "seed": 0,
+                                 "metrics": [{"metric": "top1", "value": 99.0, "checkpoint": "final"}]}))
+    try:
+        out = subprocess.run([sys.executable, str(REPO / "workflow_scripts" / "tables.py"), "--config", str(config)],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "old_run" not in table.read_text() and table.read_text() == before
+    finally:
+        stale.unlink()
+        stale.parent.rmdir()
+
+
 def test_rerun_does_nothing(tiny_run):
     config, _ = tiny_run
     dry = snakemake(config, "-n")

@@ -199,3 +199,14 @@ def test_kdflow_cli_validates_the_demo_config():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "kdep_r18_r18_in48" in out.stdout and "scratch" in out.stdout
+
+
+def test_the_library_does_not_import_the_job_layer():
+    """One layering for every stage: workflow_scripts -> kdflow.jobs (a job's work: provenance,
+    metrics.json, state clean-up) -> the library (data, models, distill, train, transfer, report),
+    which never imports jobs or the config upward."""
+    library = ("data", "models", "distill", "train", "transfer", "report")
+    for package in library:
+        for path in sorted((REPO / "src" / "kdflow" / package).glob("*.py")):
+            upward = re.findall(r"^\s*(?:from|import) kdflow\.(jobs|config)\b", path.read_text(), re.M)
+            assert not upward, f"{path.relative_to(REPO)} imports kdflow.{upward[0]}"

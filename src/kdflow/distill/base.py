@@ -131,6 +131,11 @@ class Method:
         return {k: v.to(self.ctx.device, non_blocking=True) if torch.is_tensor(v) else v
                 for k, v in batch.items()}
 
+    def batch_size(self, batch: dict) -> int:
+        """Samples in a prepared batch (the weight of its loss in the logged averages); a method
+        whose batches are not one image tensor (detection: lists of images) says how to count."""
+        return int(batch["image"].shape[0])
+
     # (d, e) ----------------------------------------------------------------------------------
     def loss(self, student: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

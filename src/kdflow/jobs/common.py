@@ -49,20 +49,15 @@ def job_output(log_path: str | None):
 
 
 def _log_failure(log, exc: BaseException) -> None:
-    """What the interpreter will print for ``exc``, written to the log file object itself: ``sys.stderr``
-    may not be file descriptor 2 (a test runner's capture), and the log must have it either way."""
-    if isinstance(exc, SystemExit):  # Python prints an exit's message (if any), never its traceback
-        text = "" if exc.code is None or isinstance(exc.code, int) else f"{exc.code}\n"
-    else:
-        # exc's traceback starts at job_output's own yield, which the interpreter's report leaves out, and
-        # lacks the frames above the with block (the script's top level), which that report has.
-        tb = exc.__traceback__.tb_next or exc.__traceback__
-        report = traceback.TracebackException(type(exc), exc, tb)
-        report.stack = traceback.StackSummary.from_list([*traceback.extract_stack(tb.tb_frame.f_back), *report.stack])
-        text = "".join(report.format())
+    """The failure's report, written to the log file object itself (``sys.stderr`` may not be file
+    descriptor 2, e.g. under a test runner's capture), after what the job printed before it."""
     sys.stdout.flush()
-    sys.stderr.flush()  # what the job printed before failing comes first
-    log.write(text)
+    sys.stderr.flush()
+    if isinstance(exc, SystemExit):  # Python prints an exit's message (if any), never its traceback
+        if exc.code is not None and not isinstance(exc.code, int):
+            log.write(f"{exc.code}\n")
+    else:
+        traceback.print_exception(exc, file=log)
     log.flush()
 
 

@@ -4,7 +4,9 @@ SLURM sends a signal some time before a job's time limit (``sbatch --signal=URG@
 SIGTERM when a job is cancelled, preempted or reaches the limit (SIGKILL follows ``KillWait``
 seconds later). The trainer cannot save from inside a signal handler (a step may be half done),
 so the handler only records the request; the training loop checks it between steps, and under
-DDP the ranks agree (one collective per step), so every rank stops after the same step.
+DDP the ranks agree (one collective per step), so every rank stops after the same step. The same
+collective carries each rank's "a loss was not finite" flag (see kdflow.train.trainer): a NaN seen
+by one rank stops every rank at the same step, rather than leaving the others waiting for it.
 
 Why SIGURG by default: without ``B:``, ``--signal`` reaches every process of the job's steps, which
 under Snakemake includes the in-job Snakemake and torchrun; SIGURG is ignored by any process that
@@ -19,6 +21,8 @@ import threading
 
 import torch
 import torch.distributed as dist
+
+from kdflow.train import distributed
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGURG, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -47,7 +51,7 @@ class StopRequests:
                 self._previous[sig] = signal.signal(sig, self._record)
         if self.world_size > 1 and dist.is_initialized() and dist.get_backend() != "gloo":
             # the ranks agree over a CPU (gloo) group: no CUDA synchronisation per step
-            self._group = dist.new_group(backend="gloo")
+            self._group = dist.new_group(backend="gloo", timeout=distributed.timeout())
         return self
 
     def __exit__(self, *exc) -> None:
@@ -58,9 +62,17 @@ class StopRequests:
     def requested(self) -> bool:
         """True on every rank as soon as any rank received a stop signal (a collective under DDP:
         every rank calls it at the same steps)."""
+        return self.exchange()[0]
+
+    def exchange(self, nonfinite: bool = False) -> tuple[bool, list[int]]:
+        """``(stop requested on any rank, the ranks that passed nonfinite=True)``, the same on every
+        rank: one small collective under DDP, which every rank calls at the same steps."""
         local = self.signal_name is not None
         if self.world_size == 1 or not dist.is_initialized():
-            return local
-        flag = torch.tensor([1 if local else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
+            return local, [0] if nonfinite else []
+        # [stop, rank 0 saw a non-finite loss, rank 1 ..., ...]: each rank sets its own slot
+        flags = torch.zeros(1 + self.world_size, dtype=torch.int32)
+        flags[0] = int(local)
+        flags[1 + dist.get_rank()] = int(nonfinite)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(flags[0]), [rank for rank, seen in enumerate(flags[1:].tolist()) if seen]

@@ -8,6 +8,12 @@ every pass and, mid-pass, when a stop signal arrives (SLURM's pre-timeout signal
 cancellation or preemption; see kdflow.train.preemption). A killed or stopped job re-run continues
 from its last saved step and ends with the same weights as an uninterrupted run: every pass
 re-seeds its randomness from (seed, pass), and a mid-pass state carries the generator's state.
+
+Under DDP every rank evaluates (kdflow.train.evaluate shards the images and sums the counts), so
+every rank's rows are the same; a method's own trainable modules (``Method.trainable_modules``)
+are kept identical on every rank without the method knowing about DDP: they start from rank 0's
+values and their gradients are averaged over the ranks after every backward, as DDP does for the
+student. A non-finite loss stops every rank at the same step (read one step late, see LossWatch).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from kdflow.distill.base import Method, pass_seed
@@ -49,6 +56,16 @@ def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
                            nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
 
 
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm with timm's converter: timm's norm+activation layers
+    (BatchNormAct2d: EfficientNet, MobileNetV2) become SyncBatchNormAct with their activation, and
+    with it kdflow's feature tap (a PreActTap placed as that activation); PyTorch's converter
+    would replace them by a plain SyncBatchNorm, dropping both."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def lr_at(epoch: float, base_lr: float, schedule: dict, total_epochs: int) -> float:
     """Learning rate at a fractional nominal epoch."""
     warmup = schedule["warmup_epochs"]
@@ -63,6 +80,43 @@ def lr_at(epoch: float, base_lr: float, schedule: dict, total_epochs: int) -> fl
         span = max(total_epochs - warmup, 1e-12)
         return 0.5 * base_lr * (1 + math.cos(math.pi * min(max(epoch - warmup, 0) / span, 1.0)))
     raise ValueError(f"unknown schedule {name!r}")
+
+
+def _channels_last(batch: dict) -> dict:
+    """Image batches (4-d tensors) in channels_last; other entries (a detection batch's lists of
+    images and targets) as they are."""
+    return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
+            for k, v in batch.items()}
+
+
+class LossWatch:
+    """Whether a step's loss was finite, read one step late so that checking costs no host-device
+    synchronisation: on CUDA the loss is copied to pinned host memory behind an event, and reading
+    it during the next step waits for that copy only, not for the work queued after it."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._host = torch.zeros((), dtype=torch.float32, pin_memory=self.cuda)
+        self._event = torch.cuda.Event() if self.cuda else None
+        self._step: int | None = None
+
+    def swap(self, loss: torch.Tensor, step: int) -> tuple[int, float] | None:
+        """Queue ``step``'s loss; returns the previously queued one (see ``take``)."""
+        previous = self.take()  # first: the host buffer is free once its copy has completed
+        self._host.copy_(loss.detach().float().reshape(()), non_blocking=self.cuda)
+        if self.cuda:
+            self._event.record()
+        self._step = step
+        return previous
+
+    def take(self) -> tuple[int, float] | None:
+        """``(step, loss)`` of the queued step, or None when none is queued."""
+        if self._step is None:
+            return None
+        if self.cuda:
+            self._event.synchronize()
+        queued, self._step = (self._step, float(self._host)), None
+        return queued
 
 
 class Trainer:
@@ -81,6 +135,7 @@ class Trainer:
         self.device = self.ctx.device
         self.rows: list[dict] = []
         self.interruptions: list[dict] = []  # stop signals this run saved on (kept in its provenance)
+        self._synced_params: list[nn.Parameter] = []  # the method's, averaged over ranks (set by fit)
 
     # --------------------------------------------------------------------------- setup
     def _prepare_model(self) -> nn.Module:
@@ -95,13 +150,59 @@ class Trainer:
                     f"kernel); this {self.ctx.world_size}-process run is on {self.device.type}. Set sync_bn: "
                     "false, or use a model without BatchNorm")
             if self.training["sync_bn"]:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                model = convert_sync_bn(model)
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if cuda else None)
         return model
 
     def _trainable(self) -> dict[str, nn.Module]:
         return {"student": self.model, **self.method.trainable_modules()}
+
+    # --------------------------------------------------------------------------- method modules under DDP
+    def _method_params(self) -> list[nn.Parameter]:
+        """Trainable parameters of the method's own modules (DDP keeps the student's in step)."""
+        student = {id(p) for p in self.model.parameters()}
+        unique = {id(p): p for m in self.method.trainable_modules().values() for p in m.parameters()
+                  if p.requires_grad and id(p) not in student}
+        return list(unique.values())
+
+    def _broadcast_method_modules(self) -> None:
+        """Every rank starts from rank 0's values (a method may initialise from a rank-local generator);
+        once per run, so one collective per tensor is fine."""
+        if self.ctx.world_size == 1:
+            return
+        for module in self.method.trainable_modules().values():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+    def _average_method_grads(self, params: list[nn.Parameter]) -> None:
+        """Gradients of the method's modules averaged over the ranks, in one flat all-reduce per step
+        (what DDP does for the student, so a method module learns as in one process on the global
+        batch). A parameter without a gradient on this rank contributes zeros and keeps no gradient:
+        like DDP for the student, this assumes every rank uses the same parameters."""
+        if self.ctx.world_size == 1 or not params:
+            return
+        dtype = params[0].dtype
+        for param in params[1:]:
+            dtype = torch.promote_types(dtype, param.dtype)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                          for p in params])
+        dist.all_reduce(flat)
+        flat /= self.ctx.world_size
+        offset = 0
+        for param in params:
+            if param.grad is not None:
+                param.grad.copy_(flat[offset:offset + param.numel()].view_as(param))
+            offset += param.numel()
+
+    def _broadcast_model_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics on every rank before evaluating: DDP broadcasts them at
+        the start of each forward, but each rank then updates its own with its own batch. The
+        evaluated model is then the saved one (rank 0's) on every rank."""
+        if self.ctx.world_size == 1:
+            return
+        for buffer in self.model.buffers():
+            dist.broadcast(buffer.data, src=0)
 
     # --------------------------------------------------------------------------- state
     def _load_state(self, optimizer) -> dict | None:
@@ -164,6 +265,8 @@ class Trainer:
         params = [p for m in self._trainable().values() for p in m.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, self.training["optim"])
         state = self._load_state(optimizer)  # (load_state_dict moves optimizer state to the params' device)
+        self._broadcast_method_modules()
+        self._synced_params = self._method_params()
         start, within = (state["passes_done"], state.get("within")) if state else (0, None)
         if state:
             where = f"step {within['step']} of pass {start + 1}" if within else f"pass {start}/{len(passes)}"
@@ -177,8 +280,9 @@ class Trainer:
                                      stop, within if p == start else None)
                 is_last = p == len(passes) - 1
                 every = self.training["eval_every"]
-                if self.evaluate is not None and self.ctx.rank == 0 and (
-                        is_last or (every and round(epoch0 + passes[p]) % every == 0)):
+                if self.evaluate is not None and (is_last or (every and round(epoch0 + passes[p]) % every == 0)):
+                    # on every rank: the evaluation is a collective under DDP, and every rank's rows agree
+                    self._broadcast_model_buffers()
                     self.model.eval()
                     row.update(self.evaluate(self.model))
                 self.rows.append(row)
@@ -209,6 +313,7 @@ class Trainer:
             self._set_generator_state(within["generator"])
             if self.ctx.rank == 0:  # the saved sums are already over all ranks
                 seen, sums = within["seen"], dict(within["sums"])
+        watch = LossWatch(self.device)
         started = time.time()
         bar = tqdm(total=steps, initial=first, desc=f"{self.desc} epoch {epoch0 + span:g}/{total_epochs}",
                    disable=self.ctx.rank != 0, mininterval=5, leave=False)
@@ -218,35 +323,59 @@ class Trainer:
                 group["lr"] = lr
             batch = self.method.prepare(batch)
             if self.device.type == "cuda" and self.training["channels_last"]:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+                batch = _channels_last(batch)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, logs = self.method.loss(wrapped, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{self.desc}] non-finite loss {loss.item()} at pass {p}, step {i}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self._average_method_grads(self._synced_params)
             optimizer.step()
-            n = batch["image"].shape[0]
+            n = self.method.batch_size(batch)
             seen += n
             for key, value in {"loss": loss.detach(), **logs}.items():
                 # kept as tensors: no host-device sync per step on CUDA
                 sums[key] = sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value) * n
             bar.update(1)
-            if i + 1 < steps and stop.requested():
+            # the one collective per step: stop requests, and the previous step's loss check
+            stop_requested = self._agree(stop, watch.swap(loss, i), p, steps)
+            if i + 1 < steps and stop_requested:
                 bar.close()
+                self._agree(stop, watch.take(), p, steps)  # this step's loss, before its weights are saved
                 seen, sums = self._over_ranks(seen, sums)
                 self._stop(optimizer, p, i + 1, steps, stop, {
                     "step": i + 1, "seen": seen, "sums": sums, "seconds": seconds + time.time() - started,
                     "generator": self._generator_state()})
         bar.close()
+        self._agree(stop, watch.take(), p, steps)  # the pass's last step
         seconds += time.time() - started
         seen, sums = self._over_ranks(seen, sums)
-        row = {"epoch": epoch0 + span, "pass": p + 1, "lr": lr_at(epoch0, base_lr, self.training["schedule"], total_epochs)}
+        row = {"epoch": epoch0 + span, "pass": p + 1,
+               "lr": lr_at(epoch0, base_lr, self.training["schedule"], total_epochs)}
         row.update({k: round(v / max(seen, 1), 6) for k, v in sums.items()})
         row.update({"images": seen, "seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 2)})
         if self.ctx.rank == 0:
             print(f"[{self.desc}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         return row
+
+    def _agree(self, stop: StopRequests, checked: tuple[int, float] | None, p: int, steps: int) -> bool:
+        """Whether any rank was asked to stop; raises FloatingPointError on every rank together when
+        ``checked`` (this rank's ``(step, loss)``, the same step on every rank) is not finite on any
+        rank, before anything trained on that loss is saved."""
+        bad = checked is not None and not math.isfinite(checked[1])
+        requested, ranks = stop.exchange(nonfinite=bad)
+        if ranks:
+            raise FloatingPointError(self._nonfinite_message(checked, ranks, p, steps))
+        return requested
+
+    def _nonfinite_message(self, checked: tuple[int, float] | None, ranks: list[int], p: int, steps: int) -> str:
+        # every rank checks the same step (they run in lockstep), so ``checked`` is set wherever a rank's is
+        step, value = checked if checked is not None else (None, math.nan)
+        where = f"in step {step + 1 if step is not None else '?'}/{steps} of pass {p + 1}"
+        if self.ctx.world_size == 1:
+            return f"[{self.desc}] non-finite loss {value} {where}; stopped before saving the weights trained on it"
+        here = f" ({value} on this rank)" if not math.isfinite(value) else ""
+        return (f"[{self.desc}] non-finite loss {where} on rank {', '.join(map(str, ranks))}{here}; every rank "
+                "stopped before saving the weights trained on it")
 
     def _over_ranks(self, seen: int, sums: dict) -> tuple[int, dict[str, float]]:
         """Images and per-image loss sums of all ranks (the log shows the global batch's values)."""
