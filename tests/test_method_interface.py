@@ -140,7 +140,8 @@ def test_a_config_naming_an_unknown_method_lists_the_declared_ones(repo):
         validate_config(bad)
     bad = copy.deepcopy(cfg)
     bad["pretrain"]["supervised_in48"]["kdep"] = {"tau": 0.2}  # another method's option block
-    with pytest.raises(ConfigError, match=r"supervised_in48.kdep: the option block of method .kdep., but the run.s method is .supervised."):
+    with pytest.raises(ConfigError, match=r"supervised_in48.kdep: the option block of method .kdep., but the run.s "
+                                          r"method is .supervised."):
         validate_config(bad)
     plugged = copy.deepcopy(cfg)
     plugged["method_modules"] = [str(repo / "tests" / "methods" / "logit_probe.py")]
@@ -151,3 +152,10 @@ def test_a_config_naming_an_unknown_method_lists_the_declared_ones(repo):
     del plugged["pretrain"]["probe"]["teacher"]
     with pytest.raises(ConfigError, match=r"probe.teacher: method 'logit_probe' needs a teacher \(it reads its logits"):
         validate_config(plugged)
+
+
+def test_every_declarable_artefact_is_wired_into_the_config():
+    import kdflow.config as kcfg
+    from kdflow.distill.registry import ARTEFACTS
+
+    assert set(ARTEFACTS) == set(kcfg.ARTEFACTS)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -222,7 +223,7 @@ def _run_errors(cfg: dict, name: str) -> list[str]:
         else:
             _check_ref(problems, f"{where}.data", run["data"], "subsets", cfg, "subset")
     for artefact in decl.artefacts:
-        problems += ARTEFACT_CHECKS[artefact](cfg, where, run, run.get(method, {}), method)
+        problems += ARTEFACTS[artefact].check(cfg, where, run, run.get(method, {}), method)
     return problems
 
 
@@ -244,9 +245,6 @@ def _soft_label_errors(cfg, where, run, options, method) -> list[str]:
         problems.append(f"{where}.data: {run['data']!r} differs from {labels['data']!r}, the subset the soft "
                         f"labels {name!r} were made for")
     return problems
-
-
-ARTEFACT_CHECKS = {"svd": _svd_errors, "soft_labels": _soft_label_errors}
 
 
 def _transfer_errors(cfg: dict) -> list[str]:
@@ -422,24 +420,36 @@ def svd_subset_of(cfg: dict, run_name: str) -> str:
     return run.get(run["method"], {}).get("svd_subset") or run["data"]
 
 
-# How a run's artefacts (kdflow.distill.registry) enter its resolved slice and where they lie.
-ARTEFACT_SLICES = {
-    "svd": lambda cfg, name: {"svd": _svd(cfg, cfg["pretrain"][name]["teacher"], svd_subset_of(cfg, name))},
-    "soft_labels": lambda cfg, name: {"soft_labels": _soft_labels(
-        cfg, cfg["pretrain"][name][cfg["pretrain"][name]["method"]]["soft_labels"])},
+def _soft_label_set(cfg: dict, run_name: str) -> str:
+    run = cfg["pretrain"][run_name]
+    return run[run["method"]]["soft_labels"]
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """A teacher-derived input a method may declare (kdflow.distill.registry), made by other rules:
+    how a run's use of it is checked, what it adds to the run's slice, and the file its job reads."""
+
+    check: Callable[..., list[str]]  # (cfg, where, run, the run's options, method) -> problems
+    resolve: Callable[[dict, str], dict]  # (cfg, run name) -> entries of the run's slice
+    path: Callable[[dict, str], str]  # (cfg, run name) -> the file Snakemake waits for
+
+
+ARTEFACTS = {
+    "svd": Artefact(
+        _svd_errors,
+        lambda cfg, name: {"svd": _svd(cfg, cfg["pretrain"][name]["teacher"], svd_subset_of(cfg, name))},
+        lambda cfg, name: paths.svd_file(cfg["results"], cfg["pretrain"][name]["teacher"], svd_subset_of(cfg, name))),
+    "soft_labels": Artefact(
+        _soft_label_errors,
+        lambda cfg, name: {"soft_labels": _soft_labels(cfg, _soft_label_set(cfg, name))},
+        lambda cfg, name: paths.soft_labels_store(cfg["results"], _soft_label_set(cfg, name))),
 }
 
 
 def artefact_paths(cfg: dict, run_name: str) -> dict[str, str]:
     """``{artefact: path}`` of a run: what its job reads besides data and teacher."""
-    run, results = cfg["pretrain"][run_name], cfg["results"]
-    found = {}
-    for artefact in method_of(cfg, run_name).artefacts:
-        if artefact == "svd":
-            found["svd"] = paths.svd_file(results, run["teacher"], svd_subset_of(cfg, run_name))
-        elif artefact == "soft_labels":
-            found["soft_labels"] = paths.soft_labels_store(results, run[run["method"]]["soft_labels"])
-    return found
+    return {a: ARTEFACTS[a].path(cfg, run_name) for a in method_of(cfg, run_name).artefacts}
 
 
 def _run(cfg: dict, name: str) -> dict:
@@ -460,7 +470,7 @@ def _run(cfg: dict, name: str) -> dict:
     if decl.options is not None:
         out[decl.name] = run[decl.name]
     for artefact in decl.artefacts:
-        out.update(ARTEFACT_SLICES[artefact](cfg, name))
+        out.update(ARTEFACTS[artefact].resolve(cfg, name))
     return out
 
 
@@ -472,40 +482,16 @@ def _demo(cfg: dict, name: str) -> dict:
     return {"name": name, **copy.deepcopy(cfg["demo"][name])}
 
 
-def resolve_dataset(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_dataset, cfg, name)
-
-
-def resolve_subset(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_subset, cfg, name)
-
-
-def resolve_teacher(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_teacher, cfg, name)
-
-
-def resolve_teacher_check(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_teacher_check, cfg, name)
-
-
-def resolve_soft_labels(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_soft_labels, cfg, name)
-
-
-def resolve_svd(cfg: dict, teacher: str, subset: str) -> JobConfig:
-    return _job_config(_svd, cfg, teacher, subset)
-
-
-def resolve_run(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_run, cfg, name)
-
-
-def resolve_protocol(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_protocol, cfg, name)
-
-
-def resolve_demo(cfg: dict, name: str) -> JobConfig:
-    return _job_config(_demo, cfg, name)
+# The public resolvers: ``resolve_x(cfg, *names)`` -> JobConfig (full slice, identity, hash).
+resolve_dataset = functools.partial(_job_config, _dataset)
+resolve_subset = functools.partial(_job_config, _subset)
+resolve_teacher = functools.partial(_job_config, _teacher)
+resolve_teacher_check = functools.partial(_job_config, _teacher_check)
+resolve_soft_labels = functools.partial(_job_config, _soft_labels)
+resolve_svd = functools.partial(_job_config, _svd)  # (cfg, teacher, subset)
+resolve_run = functools.partial(_job_config, _run)
+resolve_protocol = functools.partial(_job_config, _protocol)
+resolve_demo = functools.partial(_job_config, _demo)
 
 
 def run_config_hash(cfg: dict, name: str) -> str:
