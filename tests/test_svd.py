@@ -74,3 +74,37 @@ def test_import_kdep_npy_trio(tmp_path):
                                tmp_path / "m_eigen_values.npy", n=len(x))
     np.testing.assert_allclose(imported.V.numpy(), vt.T, rtol=1e-5, atol=1e-6)
     assert imported.n == 600 and imported.dim == 12
+
+
+def test_the_svd_job_does_not_depend_on_loader_workers_or_batch_size(tmp_path):
+    """svd.workers and svd.batch_size are execution keys: every image draws its augmentation from
+    its own seed, and the float64 sums hardly notice their order."""
+    from safetensors.torch import load_file
+
+    from conftest import make_imagefolder
+    from kdflow.config import JobConfig
+    from kdflow.data.imagefolder import split_manifest, write_manifest
+    from kdflow.jobs.svd import svd_weights
+    from kdflow.models.network import Network
+    from kdflow.models.teacher import save_teacher
+
+    root = make_imagefolder(tmp_path / "ds", {"a": 12, "b": 12}, size=16)
+    write_manifest(tmp_path / "m.tsv", split_manifest(root, "train"), "ds")
+    torch.manual_seed(0)
+    save_teacher(tmp_path / "t.safetensors", Network("test_resnet", num_classes=2), "t", "random_init")
+    dataset = {"name": "ds", "root": root, "work_dir": tmp_path / "work"}
+    augment = {"size": 16, "scale": [0.3, 1.0], "hflip": True, "color_jitter": 0.1, "lighting": 0.05}
+
+    def run(workers, batch_size, out):
+        settings = {"augment": augment, "seed": 3, "workers": workers, "batch_size": batch_size,
+                    "teacher": {"name": "t"}, "subset": {"name": "all", "dataset": dataset}}
+        svd_weights(tmp_path / "t.safetensors", tmp_path / "m.tsv", JobConfig(settings, identity=settings), out)
+        return load_file(out)
+
+    a, b = run(0, 8, tmp_path / "a.safetensors"), run(2, 5, tmp_path / "b.safetensors")
+    sigma = a["singular_values"].double()
+    rank = int((sigma > 1e-6 * sigma[0]).sum())  # 24 images: directions past the rank are arbitrary
+    assert 0 < rank < len(sigma)
+    assert torch.allclose(sigma, b["singular_values"].double(), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(a["mean"].double(), b["mean"].double(), rtol=1e-6, atol=1e-8)
+    assert torch.allclose(a["V"][:, :rank].double(), b["V"][:, :rank].double(), atol=1e-5)

@@ -35,8 +35,8 @@ def svd_weights(teacher_path: str | Path, manifest_path: str | Path, settings, o
     if required_width:
         check_rank(len(manifest), required_width, teacher.num_features, source=str(manifest_path))
     generator = torch.Generator().manual_seed(settings["seed"])
-    images = SeededItems(ManifestDataset(manifest, train_transform(settings["augment"])), settings["seed"])
-    loader = torch.utils.data.DataLoader(images, batch_size=settings["batch_size"], shuffle=True,
+    augmented = SeededItems(ManifestDataset(manifest, train_transform(settings["augment"])), settings["seed"])
+    loader = torch.utils.data.DataLoader(augmented, batch_size=settings["batch_size"], shuffle=True,
                                          generator=generator, num_workers=settings["workers"])
     batches = ({"image": images} for images, _ in loader)
     with tqdm(total=len(manifest), desc=f"svd {name}", unit="img", mininterval=5) as bar:
