@@ -50,7 +50,7 @@ def _locate(full: Path, bases: dict[str, Path]) -> tuple[str, str] | None:
     return None
 
 
-def _rebase(dataset: dict, old_root: Path, rows, where: Path) -> Manifest:
+def _rebase(dataset: dict, old_root: Path, classes: list[str], rows, where: Path) -> Manifest:
     """The same files, relative to the dataset's configured root or to its work folder."""
     bases = {"root": Path(dataset["root"]), "work": Path(dataset["work_dir"])}
     samples, used = [], set()
@@ -65,7 +65,7 @@ def _rebase(dataset: dict, old_root: Path, rows, where: Path) -> Manifest:
     if len(used) > 1:
         raise ValueError(f"{where}: its files lie both under the dataset's root and its work folder")
     base = used.pop() if used else "root"
-    return Manifest(root=bases[base], samples=samples, classes=[], base=base)
+    return Manifest(root=bases[base], samples=samples, classes=classes, base=base)
 
 
 def convert_manifests(cfg: dict) -> list[str]:
@@ -78,10 +78,12 @@ def convert_manifests(cfg: dict) -> list[str]:
     for path, dataset_name in targets:
         if not path.is_file() or path.read_text(encoding="utf-8").startswith(FORMAT_LINE):
             continue
-        old_root, classes, rows = _old_manifest(path)
-        dataset = resolve_dataset(cfg, dataset_name)
-        manifest = _rebase(dataset, old_root, rows, path)
-        manifest.classes = classes
+        old = _old_manifest(path)
+        if old is None:
+            raise ValueError(f"{path}: neither a current manifest nor one of the first format ('# root=' line); "
+                             "delete it and let prepare_dataset / imagenet_subset write it again")
+        old_root, classes, rows = old
+        manifest = _rebase(resolve_dataset(cfg, dataset_name), old_root, classes, rows, path)
         stat = path.stat()
         write_manifest(path, manifest, dataset_name)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # downstream results stay up to date
