@@ -59,6 +59,20 @@ def write_config(src: Path, dest_dir: Path, **overrides) -> Path:
     return dest
 
 
+def training_config(**keys) -> dict:
+    """A ``training`` block as a validated config holds it: ``keys`` (nested blocks such as
+    ``optim`` may be partial) and every other key at its schema default. The one way tests build a
+    training dict by hand, so that a new trainer option needs no edit to them."""
+    import copy
+
+    from kdflow.config import _validator, effective_schema
+
+    schema = effective_schema()
+    training = copy.deepcopy(keys)
+    _validator({"$defs": schema["$defs"], "$ref": "#/$defs/training"}).validate(training)
+    return training
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> Path:
     return write_config(REPO / "tests" / "data" / "tiny_config.yaml", tmp_path)

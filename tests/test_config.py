@@ -125,6 +125,46 @@ def test_the_readme_lists_every_execution_key(repo):
         assert any(f"`{tail}`" in section for tail in tails), f"README does not list execution key {key}"
 
 
+def _neutral_keys(node, schema, where, seen=frozenset()):
+    from kdflow.config import NEUTRAL_DEFAULT, _resolve_ref, object_properties
+
+    node = _resolve_ref(node, schema)
+    found = []
+    for key, sub in object_properties(node, schema).items():
+        if _resolve_ref(sub, schema).get(NEUTRAL_DEFAULT):
+            found.append((f"{where}.{key}", _resolve_ref(sub, schema)))
+        ref = sub.get("$ref")
+        if ref not in seen:
+            found += _neutral_keys(sub, schema, f"{where}.{key}", seen | ({ref} if ref else set()))
+    if isinstance(node.get("additionalProperties"), dict):
+        found += _neutral_keys(node["additionalProperties"], schema, f"{where}.<name>", seen)
+    return found
+
+
+def test_keys_added_at_their_old_behaviour_do_not_change_existing_identities(demo):
+    """Options added to the trainer (AdamW, clipping, norm/bias decay groups, a cosine floor) are
+    left out of a job's identity at their defaults, so a kdflow upgrade re-runs no finished job;
+    set to anything else they are identity keys like the rest."""
+    from kdflow.config import ROLE, effective_schema, resolve_run
+
+    schema = effective_schema()
+    neutral = _neutral_keys(schema, schema, "config")
+    assert any(k.endswith("optim.clip_grad_norm") for k, _ in neutral), neutral
+    for key, prop in neutral:
+        assert "default" in prop and prop.get(ROLE) == "identity", key
+    cfg = validate_config(copy.deepcopy(demo))
+    run = resolve_run(cfg, "kdep_r18_r18_in48")
+    optim, schedule = run["training"]["optim"], run["training"]["schedule"]
+    assert optim["clip_grad_norm"] is None and optim["decay_norm_and_bias"] is True  # filled for the trainer ...
+    assert not {"clip_grad_norm", "decay_norm_and_bias", "betas", "eps"} & set(run.identity["training"]["optim"])
+    assert "min_lr" not in run.identity["training"]["schedule"] and schedule["min_lr"] == 0  # ... not hashed
+    for key, value in (("clip_grad_norm", 1.0), ("decay_norm_and_bias", False)):
+        changed = copy.deepcopy(demo)
+        changed["pretrain"]["kdep_r18_r18_in48"]["training"]["optim"][key] = value
+        other = resolve_run(validate_config(changed), "kdep_r18_r18_in48")
+        assert other.identity["training"]["optim"][key] == value and other.hash != run.hash
+
+
 def test_identity_slices_leave_out_execution_keys(demo, tmp_path):
     from kdflow.config import resolve_run
 

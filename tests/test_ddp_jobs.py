@@ -28,7 +28,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import REPO, make_imagefolder
+from conftest import REPO, make_imagefolder, training_config
 from kdflow import paths
 from kdflow.config import load_config, resolve_dataset, resolve_subset
 from kdflow.data.imagefolder import split_manifest
@@ -241,12 +241,12 @@ class RankInitCentre(Method):
         return loss, {"dist": loss.detach()}
 
 
-TRAINING = {"epochs": 3, "batch_size": 8, "workers": 0, "seed": 0, "amp": False, "channels_last": False,
-            "sync_bn": False, "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
-                                        "weight_decay": 1e-4},
-            "schedule": {"name": "constant", "warmup_epochs": 0},
-            "augment": {"size": 16, "scale": [0.5, 1.0], "hflip": True, "color_jitter": 0.0, "lighting": 0.0},
-            "eval": EVAL, "eval_every": 0}
+TRAINING = training_config(
+    epochs=3, batch_size=8, workers=0, amp=False, channels_last=False,
+    optim={"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+    schedule={"name": "constant"},
+    augment={"size": 16, "scale": [0.5, 1.0], "color_jitter": 0.0, "lighting": 0.0},
+    eval=EVAL)
 STEPS = 24 // 8  # 24 images, global batch 8
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import REPO, make_imagefolder
+from conftest import REPO, make_imagefolder, training_config
 from kdflow.data.imagefolder import split_manifest
 from kdflow.distill.base import METHODS, Method, register_method
 from kdflow.models.network import Network
@@ -49,12 +49,12 @@ def test_plugged_method_runs_through_generic_trainer(tmp_path):
         register_method("test_centre")(CentreFeatures)
     root = make_imagefolder(tmp_path / "ds", {"a": 10, "b": 10}, size=16)
     data = split_manifest(root, "train")
-    training = {"epochs": 4, "batch_size": 8, "workers": 0, "seed": 0, "amp": False, "channels_last": False,
-                "sync_bn": False, "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False,
-                                            "weight_decay": 0.0},
-                "schedule": {"name": "step", "step_epochs": 2, "gamma": 0.5, "warmup_epochs": 0},
-                "augment": {"size": 16, "scale": [0.5, 1.0], "hflip": True, "color_jitter": 0.0, "lighting": 0.0},
-                "eval": {"resize": 16, "crop": 16}, "eval_every": 0}
+    training = training_config(
+        epochs=4, batch_size=8, workers=0, amp=False, channels_last=False,
+        optim={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+        schedule={"name": "step", "step_epochs": 2, "gamma": 0.5},
+        augment={"size": 16, "scale": [0.5, 1.0], "color_jitter": 0.0, "lighting": 0.0},
+        eval={"resize": 16, "crop": 16})
     torch.manual_seed(0)
     student = Network("test_resnet", num_classes=0)
     result = train("test_centre", student, data, training, seed=0, run_dir=tmp_path / "run",
@@ -135,8 +135,8 @@ def test_a_config_naming_an_unknown_method_lists_the_declared_ones(repo):
 
     cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
     bad = copy.deepcopy(cfg)
-    bad["pretrain"]["supervised_in48"]["method"] = "vkd"
-    with pytest.raises(ConfigError, match=r"config.pretrain.supervised_in48.method: 'vkd' is not one of"):
+    bad["pretrain"]["supervised_in48"]["method"] = "crd"
+    with pytest.raises(ConfigError, match=r"config.pretrain.supervised_in48.method: 'crd' is not one of"):
         validate_config(bad)
     bad = copy.deepcopy(cfg)
     bad["pretrain"]["supervised_in48"]["kdep"] = {"tau": 0.2}  # another method's option block

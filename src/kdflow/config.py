@@ -13,6 +13,11 @@ Every key of the schema has a role (``x-role``):
 - **execution**: the key changes only how or where a job runs (paths, loader workers, batch sizes
   of frozen-network passes, ...). It is recorded in ``provenance.json`` and never triggers a re-run.
 
+An identity key added after results existed carries ``x-neutral-default: true`` when its default
+is the behaviour from before it existed (e.g. ``optim.clip_grad_norm: null``): at its default it
+is left out of the identity, so upgrading kdflow re-runs nothing; any other value is identity as
+usual. Such a default must never change (that would change results without a re-run).
+
 ``resolve_*`` return a ``JobConfig``: the slice of the config one job runs with (execution keys
 included) whose ``identity`` is the same slice without execution keys (what the job's result
 depends on; hashed by ``hash``).
@@ -38,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema" / "config.schema.yaml"
 ROLE = "x-role"
 ROLES = ("identity", "execution")
+NEUTRAL_DEFAULT = "x-neutral-default"
 PLACEHOLDER = "<FILL"
 _MODULES_KEY = "_method_modules"
 
@@ -301,7 +307,8 @@ def object_properties(node: dict, schema: dict) -> dict[str, dict]:
     return props
 
 
-def _strip_execution(value: Any, node: dict, schema: dict) -> Any:
+def _strip(value: Any, node: dict, schema: dict, drop: Callable[[dict, Any], bool]) -> Any:
+    """``value`` without the keys whose schema property (``$ref`` resolved) and value ``drop`` picks."""
     node = _resolve_ref(node, schema)
     if isinstance(value, dict):
         props = object_properties(node, schema)
@@ -309,42 +316,54 @@ def _strip_execution(value: Any, node: dict, schema: dict) -> Any:
         out = {}
         for key, item in value.items():
             if key in props:
-                if props[key].get(ROLE) != "execution":
-                    out[key] = _strip_execution(item, props[key], schema)
+                if not drop({**_resolve_ref(props[key], schema), **props[key]}, item):
+                    out[key] = _strip(item, props[key], schema, drop)
             elif isinstance(extra, dict):  # a named entry (a dataset, a run, ...)
-                out[key] = _strip_execution(item, extra, schema)
+                out[key] = _strip(item, extra, schema, drop)
             elif not key.startswith("_"):  # "_" keys are YAML anchors, ignored
                 out[key] = item
         return out
     if isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [_strip_execution(item, node["items"], schema) for item in value]
+        return [_strip(item, node["items"], schema, drop) for item in value]
     return value
 
 
+def _at_neutral_default(prop: dict, value: Any) -> bool:
+    return bool(prop.get(NEUTRAL_DEFAULT)) and "default" in prop and value == prop["default"]
+
+
+def _not_identity(prop: dict, value: Any) -> bool:
+    return prop.get(ROLE) == "execution" or _at_neutral_default(prop, value)
+
+
 def identity_config(cfg: dict) -> dict:
-    """``cfg`` without its execution keys (paths, workers, ...): what results depend on."""
+    """``cfg`` without its execution keys (paths, workers, ...) and its neutral defaults: what
+    results depend on."""
     schema = effective_schema(_method_modules(cfg))
-    return {**_strip_execution(cfg, schema, schema), _MODULES_KEY: list(_method_modules(cfg))}
+    return {**_strip(cfg, schema, schema, _not_identity), _MODULES_KEY: list(_method_modules(cfg))}
+
+
+def _without_neutral_defaults(cfg: dict) -> dict:
+    schema = effective_schema(_method_modules(cfg))
+    return _strip(cfg, schema, schema, _at_neutral_default)
 
 
 class JobConfig(dict):
-    """The config slice one job runs with; ``identity`` is the same slice without execution keys,
-    ``hash`` its sha256 (the job's config hash) and ``execution`` what the identity leaves out."""
+    """The config slice one job runs with; ``identity`` is the same slice without execution keys
+    and neutral defaults, ``hash`` its sha256 (the job's config hash) and ``execution`` its
+    execution keys."""
 
-    def __init__(self, full: dict, identity: dict):
+    def __init__(self, full: dict, identity: dict, execution: dict | None = None):
         super().__init__(full)
         self.identity = identity
+        self.execution = _difference(full, identity) if execution is None else execution
 
     @property
     def hash(self) -> str:
         return hash_data(self.identity)
 
-    @property
-    def execution(self) -> dict:
-        return _difference(dict(self), self.identity)
-
     def __reduce__(self):  # pickles (to DDP ranks) with its identity
-        return (JobConfig, (dict(self), self.identity))
+        return (JobConfig, (dict(self), self.identity, self.execution))
 
 
 def _difference(full: Any, identity: Any) -> Any:
@@ -363,7 +382,9 @@ def _difference(full: Any, identity: Any) -> Any:
 
 
 def _job_config(resolver, cfg: dict, *names) -> JobConfig:
-    return JobConfig(resolver(cfg, *names), resolver(identity_config(cfg), *names))
+    identity = resolver(identity_config(cfg), *names)
+    execution = _difference(resolver(_without_neutral_defaults(cfg), *names), identity)
+    return JobConfig(resolver(cfg, *names), identity, execution)
 
 
 # --------------------------------------------------------------------------- resolved slices

@@ -1,6 +1,8 @@
 """The one generic trainer.
 
-It runs any ``Method`` (kdflow.distill) on a student: per-step learning rate from the schedule
+It runs any ``Method`` (kdflow.distill) on a student: one optimizer (SGD or AdamW, optionally
+without weight decay on norms and biases, optionally with gradient-norm clipping) over the
+student's and the method's own trainable parameters, per-step learning rate from the schedule
 (evaluated at the fractional nominal epoch, so methods that count a pass as several epochs see
 the same schedule as plain training), AMP and channels_last on CUDA, DDP under torchrun, a
 progress bar, one ``log.csv`` row per pass, and a resumable state saved atomically at the end of
@@ -49,11 +51,40 @@ def discard_state(state_dir: str | Path) -> None:
         path.unlink()
 
 
-def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
-    if optim["name"] != "sgd":
-        raise ValueError(f"unknown optimizer {optim['name']!r}")
-    return torch.optim.SGD(params, lr=optim["lr"], momentum=optim["momentum"],
-                           nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
+def exempt_from_decay(name: str, param: nn.Parameter) -> bool:
+    """timm's rule: norm weights, biases and other vectors or scalars are not weight-decayed."""
+    return param.ndim <= 1 or name.endswith(".bias")
+
+
+def param_groups(named_params: list[tuple[str, nn.Parameter]], optim: dict) -> list[dict]:
+    """One group, every parameter decayed (the default, KDEP's recipe), or with
+    ``decay_norm_and_bias`` false timm's two: [not decayed, decayed]. Both keep the order of
+    ``named_params``: a saved optimizer state is matched to the parameters by position."""
+    decay = optim["weight_decay"]
+    if optim["decay_norm_and_bias"]:
+        return [{"params": [p for _, p in named_params], "weight_decay": decay}]
+    exempt = [exempt_from_decay(name, p) for name, p in named_params]
+    return [{"params": [p for (_, p), e in zip(named_params, exempt) if e], "weight_decay": 0.0},
+            {"params": [p for (_, p), e in zip(named_params, exempt) if not e], "weight_decay": decay}]
+
+
+def build_optimizer(named_params: list[tuple[str, nn.Parameter]], optim: dict) -> torch.optim.Optimizer:
+    """The optimizer of a training run over ``named_params`` (names decide the weight-decay groups)."""
+    groups = param_groups(named_params, optim)
+    if optim["name"] == "sgd":
+        return torch.optim.SGD(groups, lr=optim["lr"], momentum=optim["momentum"],
+                               nesterov=optim["nesterov"], weight_decay=optim["weight_decay"])
+    if optim["name"] == "adamw":
+        return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), eps=optim["eps"],
+                                 weight_decay=optim["weight_decay"])
+    raise ValueError(f"unknown optimizer {optim['name']!r}")
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Scales the gradients of every parameter the optimizer steps so that their total norm is at
+    most ``max_norm``; returns the norm before clipping, as a tensor (no host-device sync)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:
@@ -67,7 +98,7 @@ def convert_sync_bn(model: nn.Module) -> nn.Module:
 
 
 def lr_at(epoch: float, base_lr: float, schedule: dict, total_epochs: int) -> float:
-    """Learning rate at a fractional nominal epoch."""
+    """Learning rate at a fractional nominal epoch: a linear warm-up from 0, then the schedule."""
     warmup = schedule["warmup_epochs"]
     if warmup > 0 and epoch < warmup:
         return base_lr * (epoch + 1e-12) / warmup
@@ -76,9 +107,11 @@ def lr_at(epoch: float, base_lr: float, schedule: dict, total_epochs: int) -> fl
         return base_lr
     if name == "step":  # KDEP / robustness: x gamma every step_epochs (whole epochs)
         return base_lr * schedule["gamma"] ** int(math.floor(epoch + 1e-9) // schedule["step_epochs"])
-    if name == "cosine":
+    if name == "cosine":  # from base_lr at the warm-up's end down to min_lr at the last epoch
         span = max(total_epochs - warmup, 1e-12)
-        return 0.5 * base_lr * (1 + math.cos(math.pi * min(max(epoch - warmup, 0) / span, 1.0)))
+        progress = min(max(epoch - warmup, 0) / span, 1.0)
+        floor = schedule["min_lr"]
+        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ValueError(f"unknown schedule {name!r}")
 
 
@@ -157,6 +190,18 @@ class Trainer:
 
     def _trainable(self) -> dict[str, nn.Module]:
         return {"student": self.model, **self.method.trainable_modules()}
+
+    def _named_params(self) -> list[tuple[str, nn.Parameter]]:
+        """Trainable parameters of the student and the method's modules, each once, named
+        ``<module>.<parameter>`` and in a fixed order (the student's first, then each module's in
+        ``trainable_modules``' order): the order a saved optimizer state is loaded by."""
+        named, seen = [], set()
+        for module_name, module in self._trainable().items():
+            for name, param in module.named_parameters():
+                if param.requires_grad and id(param) not in seen:
+                    seen.add(id(param))
+                    named.append((f"{module_name}.{name}", param))
+        return named
 
     # --------------------------------------------------------------------------- method modules under DDP
     def _method_params(self) -> list[nn.Parameter]:
@@ -262,8 +307,7 @@ class Trainer:
         passes = self.method.passes(self.training["epochs"])
         total_epochs = sum(passes)
         wrapped = self._prepare_model()
-        params = [p for m in self._trainable().values() for p in m.parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, self.training["optim"])
+        optimizer = build_optimizer(self._named_params(), self.training["optim"])
         state = self._load_state(optimizer)  # (load_state_dict moves optimizer state to the params' device)
         self._broadcast_method_modules()
         self._synced_params = self._method_params()
@@ -305,6 +349,7 @@ class Trainer:
         batches = self.method.loader(p)
         steps = len(batches)
         base_lr = self.training["optim"]["lr"]
+        max_norm = self.training["optim"]["clip_grad_norm"]
         sums: dict[str, torch.Tensor | float] = {}
         seen, seconds, first = 0, 0.0, 0
         if within:  # a pass stopped part-way: skip its done steps, restore its generator and sums
@@ -329,11 +374,14 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._average_method_grads(self._synced_params)
+            if max_norm is not None:  # on averaged gradients: the same norm on every rank
+                logs = {**logs, "grad_norm": clip_gradients(optimizer, max_norm)}
             optimizer.step()
             n = self.method.batch_size(batch)
             seen += n
             for key, value in {"loss": loss.detach(), **logs}.items():
-                # kept as tensors: no host-device sync per step on CUDA
+                # kept as tensors: no host-device sync per step on CUDA. Weighted by the batch like
+                # the loss, grad_norm's row value is its mean over the steps (batches of one size)
                 sums[key] = sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value) * n
             bar.update(1)
             # the one collective per step: stop requests, and the previous step's loss check
