@@ -17,7 +17,7 @@ rule pretrain:
         paths.benchmark_file(R, "pretrain", "{run}")
     conda:
         "../envs/kdflow.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=32000,
         runtime=2880,

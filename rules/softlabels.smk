@@ -17,7 +17,7 @@ rule fkd_soft_label_shard:
         paths.benchmark_file(R, "fkd_soft_label_shard", "{labels}", "{shard}")
     conda:
         "../envs/kdflow.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=1440,

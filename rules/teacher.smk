@@ -14,7 +14,7 @@ rule teacher:
         paths.benchmark_file(R, "teacher", "{teacher}")
     conda:
         "../envs/kdflow.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=1440,
@@ -36,7 +36,7 @@ rule teacher_eval:
         paths.benchmark_file(R, "teacher_eval", "{teacher}")
     conda:
         "../envs/kdflow.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
@@ -60,7 +60,7 @@ rule svd_weights:
         paths.benchmark_file(R, "svd_weights", "{teacher}", "{subset}")
     conda:
         "../envs/kdflow.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=240,

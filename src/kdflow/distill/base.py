@@ -107,9 +107,11 @@ class Method:
         self.ctx = context
 
     @classmethod
-    def head_classes(cls, data: Manifest, artefacts: dict, teacher: nn.Module | None) -> int:
+    def head_classes(cls, data: Manifest, artefacts: dict, teacher: nn.Module | None, options: dict) -> int:
         """Classes of the student's head (0: a head-less feature student, as KDEP's); called with
-        the loaded teacher, so a method may size the head from it."""
+        the loaded teacher and the run's option block, so a method may size the head from the
+        teacher, or give the student a head only when an option's loss term reads it. Only a
+        method declared with ``head: True`` may return more than 0."""
         return 0
 
     # (c) -------------------------------------------------------------------------------------
@@ -155,7 +157,9 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(self.seed, i))
+            # the CPU generator only: torch.manual_seed would also (lazily) reseed every CUDA
+            # device, which fork_rng(devices=[]) does not restore, and queueing that costs ~3 ms
+            torch.random.default_generator.manual_seed(derived_seed(self.seed, i))
             return self.dataset[i]
 
 

@@ -122,7 +122,7 @@ class FKD(Method):
         self.mixup = opts["mixup"]
 
     @classmethod
-    def head_classes(cls, data, artefacts, teacher) -> int:
+    def head_classes(cls, data, artefacts, teacher, options) -> int:
         return SoftLabelStore(artefacts["soft_labels"], verify=False).codec.num_classes
 
     def passes(self, epochs: int) -> list[int]:

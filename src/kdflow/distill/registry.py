@@ -11,8 +11,9 @@ config) starts with a plain-literal ``DECLARATION = {...}``:
     artefacts  teacher-derived inputs made by other rules: ``svd`` (the teacher's SVD weights on
                the run's ``<name>.svd_subset`` option, default its data) and ``soft_labels`` (the
                store named by the run's ``<name>.soft_labels`` option)
-    head       whether the student has a classification head (evaluated on the pre-training
-               dataset's test split); its size comes from ``Method.head_classes`` at run time
+    head       whether the student may have a classification head (evaluated on the pre-training
+               dataset's test split); its size comes from ``Method.head_classes`` at run time,
+               which may also leave it out (0 classes) when the run's options use no logits
     options    JSON schema of the run's option block, the key named after the method (every
                property with its ``x-role``), or ``None``
 

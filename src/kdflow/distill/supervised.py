@@ -14,7 +14,7 @@ DECLARATION = {"name": "supervised", "student": "trained", "head": True}
 @register_method(DECLARATION)
 class Supervised(Method):
     @classmethod
-    def head_classes(cls, data, artefacts, teacher) -> int:
+    def head_classes(cls, data, artefacts, teacher, options) -> int:
         return data.num_classes
 
     def loss(self, student, batch):

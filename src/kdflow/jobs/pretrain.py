@@ -89,14 +89,20 @@ def pretrain(run, manifest_path: str | Path, out_dir: str | Path, state_dir: str
     method = get_method(run["method"], run.get("method_module"))
     teacher = load_teacher(teacher_path) if teacher_path else None
     torch.manual_seed(training["seed"])
-    student = Network(run["student"]["arch"], num_classes=method.head_classes(data, artefacts, teacher),
+    options = run.get(run["method"], {})
+    classes = method.head_classes(data, artefacts, teacher, options)
+    if classes and not method.declaration.get("head"):
+        raise ValueError(f"method {run['method']!r} sized a head of {classes} classes but its DECLARATION "
+                         "has no 'head: True' (the workflow would not give it the test split to evaluate on)")
+    student = Network(run["student"]["arch"], num_classes=classes,
                       input_spec=InputSpec.from_config(run["student"].get("input")))
     artefacts["student_width"] = student.num_features
+    # a method declared with a head may leave it out (VkD without its logit terms): then nothing to evaluate
     evaluate = (_head_evaluation(student, data, val_manifest_path, dataset, training, dist)
-                if val_manifest_path else None)
+                if val_manifest_path and classes else None)
     result = train(run["method"], student, data, training, seed=training["seed"], run_dir=out_dir,
                    state_dir=state_dir, config_hash=run.hash, dist=dist, teacher=teacher,
-                   options=run.get(run["method"], {}), artefacts=artefacts, evaluate=evaluate,
+                   options=options, artefacts=artefacts, evaluate=evaluate,
                    desc=f"pretrain {run['name']}")
     if dist.rank == 0:
         student = student.cpu()

@@ -1,10 +1,12 @@
 """One wrapper for every network kdflow trains or distils from: a timm model plus its input spec.
 
 ``Network(x, output=...)`` takes RGB tensors in [0, 1], applies the network's own channel order
-and normalisation, and returns logits, the pooled *pre-activation* last-stage feature (KDEP's
-feature: the final ReLU of the last block is not applied), or both. The feature is read through a
-tap module that replaces the last activation; it has no parameters, so state-dict keys stay
-exactly timm's.
+and normalisation, and returns logits, the pooled feature, or both. The pooled feature is
+  - for CNNs, the *pre-activation* last-stage map averaged over space (KDEP's feature: the final
+    ReLU of the last block is not applied), read through a tap module that replaces the last
+    activation; it has no parameters, so state-dict keys stay exactly timm's;
+  - for vision transformers (timm models with prefix tokens: ViT, DeiT), the mean of the final
+    (normalised) patch tokens, class and distillation tokens excluded (VkD's feature for DeiT).
 """
 
 from __future__ import annotations
@@ -71,10 +73,24 @@ def _last_activation_owner(net: nn.Module, arch: str) -> tuple[nn.Module, str]:
     )
 
 
+def classifier_prefixes(net: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the classification heads (``fc`` for ResNets, ``classifier``,
+    ``head``; DeiT's distilled models have two: ``head`` and ``head_dist``)."""
+    names = net.pretrained_cfg.get("classifier") if hasattr(net, "pretrained_cfg") else None
+    if not names:
+        return ("fc",)
+    return tuple(names) if isinstance(names, (tuple, list)) else (names,)
+
+
 def classifier_prefix(net: nn.Module) -> str:
-    """State-dict prefix of the classification head (``fc`` for ResNets, ``classifier`` ...)."""
-    name = net.pretrained_cfg.get("classifier") if hasattr(net, "pretrained_cfg") else None
-    return name or "fc"
+    """State-dict prefix of the (main) classification head."""
+    return classifier_prefixes(net)[0]
+
+
+def is_token_model(net: nn.Module) -> bool:
+    """A transformer whose ``forward_features`` returns tokens (B, N, D), the first
+    ``num_prefix_tokens`` of them class/distillation tokens."""
+    return hasattr(net, "num_prefix_tokens") and hasattr(net, "patch_embed")
 
 
 def num_features_of(arch: str) -> int:
@@ -90,9 +106,11 @@ class Network(nn.Module):
         self.arch = arch
         self.input_spec = input_spec or InputSpec()
         self.net = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, **timm_kwargs)
-        owner, attr = _last_activation_owner(self.net, arch)
-        self.tap = PreActTap(getattr(owner, attr))
-        setattr(owner, attr, self.tap)
+        self.tap: PreActTap | None = None
+        if not is_token_model(self.net):
+            owner, attr = _last_activation_owner(self.net, arch)
+            self.tap = PreActTap(getattr(owner, attr))
+            setattr(owner, attr, self.tap)
         self.register_buffer("mean", torch.tensor(self.input_spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.input_spec.std).view(1, 3, 1, 1), persistent=False)
 
@@ -105,20 +123,26 @@ class Network(nn.Module):
             x = x.flip(1)
         return (x - self.mean) / self.std
 
+    def pooled_feature(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The pooled feature of the forward pass that returned ``fmap`` (see the module doc)."""
+        if self.tap is None:
+            return fmap[:, self.net.num_prefix_tokens:].mean(dim=1)
+        return self.tap.pre.mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor, output: str = "logits"):
-        """``output``: ``logits``, ``features`` (pooled pre-activation) or ``both``."""
+        """``output``: ``logits``, ``features`` (the pooled feature) or ``both``."""
         fmap = self.net.forward_features(self.normalise(x))
         if output == "features":
-            return self.tap.pre.mean(dim=(2, 3))
+            return self.pooled_feature(fmap)
         logits = self.net.forward_head(fmap)
         if output == "logits":
             return logits
         if output == "both":
-            return logits, self.tap.pre.mean(dim=(2, 3))
+            return logits, self.pooled_feature(fmap)
         raise ValueError(f"unknown output {output!r}")
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """timm-named weights without the classification head (what a pre-trained student exports)."""
-        prefix = classifier_prefix(self.net) + "."
+        """timm-named weights without the classification heads (what a pre-trained student exports)."""
+        prefixes = tuple(p + "." for p in classifier_prefixes(self.net))
         return {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()
-                if not k.startswith(prefix)}
+                if not k.startswith(prefixes)}
