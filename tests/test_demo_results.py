@@ -1,7 +1,7 @@
-"""The built-in demo, end to end: KDEP and FKD must beat scratch by a clear margin, and KDEP from a
-trained teacher must beat KDEP from an untrained one.
+"""The built-in demo, end to end: KDEP, FKD, KD, VkD and FunMatch must beat scratch by a clear
+margin, and KDEP from a trained teacher must beat KDEP from an untrained one.
 
-Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 12
+Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 17
 minutes on 2 cores), unless KDFLOW_DEMO_RESULTS points at the results of a finished demo run.
 """
 
@@ -21,6 +21,7 @@ from conftest import REPO, tool
 pytestmark = pytest.mark.slow
 
 KDEP, FKD, UNTRAINED, SCRATCH = "kdep_r18_r18_in48", "fkd_r18_in48", "kdep_untrained_r18_in48", "scratch"
+KD, VKD, FUNMATCH = "kd_r18_r18_in48", "vkd_r18_r18_in48", "funmatch_r18_r18_in48"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _top1(results: Path) -> pd.DataFrame:
     return table.set_index("run")
 
 
-@pytest.mark.parametrize("method_run", [KDEP, FKD])
+@pytest.mark.parametrize("method_run", [KDEP, FKD, KD, VKD, FUNMATCH])
 def test_distillation_beats_scratch_by_a_clear_margin(demo_results, method_run):
     """The margin rule: mean gap > max(2 points, 2 x the larger of the two seed std's)."""
     stats = _top1(demo_results)
@@ -77,3 +78,22 @@ def test_compared_runs_used_the_identical_transfer_protocol(demo_results):
     found = [protocols(run) for run in (KDEP, FKD, SCRATCH, UNTRAINED)]
     assert [len(f) for f in found] == [3, 3, 3, 3]
     assert len(set(sum(found, []))) == 1
+
+
+def test_vkd_exported_the_student_without_its_projection(demo_results):
+    from safetensors import safe_open
+
+    def keys(run):
+        with safe_open(demo_results / "pretrain" / run / "student.safetensors", "pt") as fh:
+            return set(fh.keys())
+
+    assert keys(VKD) == keys(KDEP)  # both feature students of the same architecture, no head
+    log = pd.read_csv(demo_results / "pretrain" / VKD / "log.csv")
+    assert log["smooth_l1"].iloc[-1] < log["smooth_l1"].iloc[0]
+
+
+@pytest.mark.parametrize("method_run", [KD, FUNMATCH])
+def test_logit_students_learned_the_teachers_function(demo_results, method_run):
+    log = pd.read_csv(demo_results / "pretrain" / method_run / "log.csv")
+    assert log["kl"].iloc[-1] < log["kl"].iloc[0] and "ce" not in log.columns  # teacher's signal only
+    assert log["val_top1"].notna().iloc[-1]  # the head (the teacher's 16 classes) was evaluated
