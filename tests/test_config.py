@@ -97,20 +97,29 @@ def test_every_config_key_is_identity_or_execution(repo):
     assert _properties_without_role(schema, schema, "config", frozenset()) == []
 
 
-def _execution_keys(node, schema, where, seen=frozenset()):
-    from kdflow.config import ROLE, _resolve_ref, object_properties
+def _schema_keys(node, schema, where, pick, seen=frozenset()):
+    """``(key path, property with $ref resolved)`` of every property ``pick`` selects, through
+    $refs (each followed once per path) and named entries (``<name>``)."""
+    from kdflow.config import _resolve_ref, object_properties
 
     node = _resolve_ref(node, schema)
     found = []
     for key, sub in object_properties(node, schema).items():
-        if sub.get(ROLE) == "execution":
-            found.append(f"{where}.{key}".lstrip("."))
+        prop = {**_resolve_ref(sub, schema), **sub}
+        if pick(prop):
+            found.append((f"{where}.{key}".lstrip("."), prop))
         ref = sub.get("$ref")
         if ref not in seen:
-            found += _execution_keys(sub, schema, f"{where}.{key}", seen | ({ref} if ref else set()))
+            found += _schema_keys(sub, schema, f"{where}.{key}", pick, seen | ({ref} if ref else set()))
     if isinstance(node.get("additionalProperties"), dict):
-        found += _execution_keys(node["additionalProperties"], schema, f"{where}.<name>", seen)
+        found += _schema_keys(node["additionalProperties"], schema, f"{where}.<name>", pick, seen)
     return found
+
+
+def _execution_keys(schema):
+    from kdflow.config import ROLE
+
+    return [key for key, _ in _schema_keys(schema, schema, "", lambda prop: prop.get(ROLE) == "execution")]
 
 
 def test_the_readme_lists_every_execution_key(repo):
@@ -119,36 +128,20 @@ def test_the_readme_lists_every_execution_key(repo):
     schema = effective_schema()
     readme = (repo / "README.md").read_text()
     section = readme.split("### Which keys re-run what")[1].split("\n### ")[0]
-    for key in sorted(set(_execution_keys(schema, schema, ""))):
+    for key in sorted(set(_execution_keys(schema))):
         parts = key.split(".")
         tails = {".".join(parts[i:]) for i in range(len(parts))}  # e.g. `import.root` or `workers`
         assert any(f"`{tail}`" in section for tail in tails), f"README does not list execution key {key}"
-
-
-def _neutral_keys(node, schema, where, seen=frozenset()):
-    from kdflow.config import NEUTRAL_DEFAULT, _resolve_ref, object_properties
-
-    node = _resolve_ref(node, schema)
-    found = []
-    for key, sub in object_properties(node, schema).items():
-        if _resolve_ref(sub, schema).get(NEUTRAL_DEFAULT):
-            found.append((f"{where}.{key}", _resolve_ref(sub, schema)))
-        ref = sub.get("$ref")
-        if ref not in seen:
-            found += _neutral_keys(sub, schema, f"{where}.{key}", seen | ({ref} if ref else set()))
-    if isinstance(node.get("additionalProperties"), dict):
-        found += _neutral_keys(node["additionalProperties"], schema, f"{where}.<name>", seen)
-    return found
 
 
 def test_keys_added_at_their_old_behaviour_do_not_change_existing_identities(demo):
     """Options added to the trainer (AdamW, clipping, norm/bias decay groups, a cosine floor) are
     left out of a job's identity at their defaults, so a kdflow upgrade re-runs no finished job;
     set to anything else they are identity keys like the rest."""
-    from kdflow.config import ROLE, effective_schema, resolve_run
+    from kdflow.config import NEUTRAL_DEFAULT, ROLE, effective_schema, resolve_run
 
     schema = effective_schema()
-    neutral = _neutral_keys(schema, schema, "config")
+    neutral = _schema_keys(schema, schema, "config", lambda prop: prop.get(NEUTRAL_DEFAULT))
     assert any(k.endswith("optim.clip_grad_norm") for k, _ in neutral), neutral
     for key, prop in neutral:
         assert "default" in prop and prop.get(ROLE) == "identity", key
