@@ -81,6 +81,20 @@ def pretrain_metrics(results, run) -> str:
     return _p(pretrain_dir(results, run), "metrics.json")
 
 
+def export_dir(results, run, engine) -> str:
+    """A student converted for a downstream engine (``mmseg``, ``detectron2``) and its report."""
+    return _p(pretrain_dir(results, run), "export", engine)
+
+
+def export_weights(results, run, engine) -> str:
+    names = {"mmseg": "backbone.pth", "detectron2": "model.pkl"}
+    return _p(export_dir(results, run, engine), names[engine])
+
+
+def export_report(results, run, engine) -> str:
+    return _p(export_dir(results, run, engine), "report.json")
+
+
 def transfer_dir(results, task, dataset, run, seed) -> str:
     return _p(results, "transfer", task, dataset, run, f"seed{seed}")
 
