@@ -199,10 +199,21 @@ def run_identity(wildcards):
 
 
 # ---------------------------------------------------------------- transfer
-def transfer_inputs(wildcards):
-    inputs = prepared(wildcards.dataset)
-    if METHODS[wildcards.run].student != "none":
-        inputs["student"] = paths.student_weights(R, wildcards.run)
+def transfer_inputs(task):
+    """The input function of a task's transfer rule: the dataset's manifests and the pre-trained
+    student, converted by the task's export stage where it has one (none for scratch runs)."""
+
+    def inputs(wildcards):
+        found = prepared(wildcards.dataset)
+        if METHODS[wildcards.run].student != "none":
+            export = TASKS[task].export
+            found["student"] = (
+                paths.export_weights(R, wildcards.run, export)
+                if export
+                else paths.student_weights(R, wildcards.run)
+            )
+        return found
+
     return inputs
 
 

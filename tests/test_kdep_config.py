@@ -25,19 +25,23 @@ def test_paper_grid_job_counts():
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = planned_jobs(out.stdout + out.stderr)
     assert jobs == {
-        "prepare_dataset": 5,  # ImageNet, CIFAR-100, DTD, Caltech-256, CUB-200
+        "prepare_dataset": 8,  # ImageNet, CIFAR-100, DTD, Caltech-256, CUB-200, Cityscapes, VOC-aug, ADE20K
         "imagenet_subset": 2,  # 10 % (128 per class) and 100 %
         "teacher": 2,  # MS-R50, SP-R50
         "teacher_eval": 2,
         "svd_weights": 2,  # one per teacher, on the 10 % subset
         "pretrain": 7,  # 5 KDEP runs + 2 supervised baselines (scratch needs no pre-training)
         "transfer_cls": 9 * 4 * 2,  # (5 KDEP + 2 supervised + 2 scratch) x 4 datasets x 2 seeds
-        "tables": 1,
+        "export_mmseg": 7,  # every run with a student
+        "transfer_seg": 9 * 3 * 2,  # the same 9 runs x Cityscapes, VOC-aug, ADE20K x 2 seeds
+        "tables": 2,  # classification, segmentation
         "all": 1,
     }
     text = out.stdout + out.stderr
     assert "results/svd/ms_r50/imgnet_128k.safetensors" in text and "results/svd/sp_r50/imgnet_128k.safetensors" in text
     assert "imgnet_full.safetensors" not in text  # the 100 % runs reuse the 10 % SVD, as KDEP does
+    assert "results/pretrain/kdep_msr50_mnv2_in128k/export/mmseg/backbone.pth" in text
+    assert "results/transfer/segmentation/voc_aug/scratch_r18/seed1/metrics.json" in text
 
 
 def test_unfilled_paths_are_all_named():
@@ -46,7 +50,8 @@ def test_unfilled_paths_are_all_named():
     named = re.findall(r"^\s+(config\.[\w.]+): <FILL", out.stdout + out.stderr, re.M)
     assert sorted(named) == sorted([
         "config.datasets.imagenet.root", "config.datasets.cifar100.root", "config.datasets.dtd.root",
-        "config.datasets.caltech256.root", "config.datasets.cub200.root",
+        "config.datasets.caltech256.root", "config.datasets.cub200.root", "config.datasets.cityscapes.root",
+        "config.datasets.voc_aug.root", "config.datasets.voc_aug.sbd_root", "config.datasets.ade20k.root",
         "config.teachers.ms_r50.checkpoint.path", "config.teachers.sp_r50.checkpoint.path",
     ])
     assert "allow_placeholders=True" in out.stdout + out.stderr

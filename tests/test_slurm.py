@@ -140,12 +140,17 @@ class Workflow:
         return (self.results / "logs" / "pretrain" / f"{RUN}.log").read_text()
 
 
-def _sbatch_calls(output: str) -> dict[str, str]:
-    """SLURM job id -> the sbatch command line the plugin ran for it (from --verbose output)."""
+def _sbatch_calls(output: str, records: dict[str, dict]) -> dict[str, str]:
+    """SLURM job id -> the sbatch command line the plugin ran for it (from --verbose output).
+
+    Paired through the job's ``--comment`` (rule and wildcards, unique per job), which SLURM keeps
+    in its record: the plugin submits jobs concurrently, so the order of "sbatch call" lines and
+    of "submitted with SLURM jobid" lines need not agree."""
     calls = re.findall(r"^sbatch call: (sbatch .+)$", output, re.M)
-    ids = re.findall(r"has been submitted with SLURM jobid (\d+)", output)
-    assert calls and len(calls) == len(ids), output[-3000:]
-    return dict(zip(ids, calls))
+    assert calls and len(calls) == len(records), output[-3000:]
+    by_comment = {re.search(r"--comment '?([^' ]+)", call).group(1): call for call in calls}
+    assert len(by_comment) == len(calls), calls
+    return {job_id: by_comment[record["Comment"]] for job_id, record in records.items()}
 
 
 def _asked(call: str) -> dict:
@@ -195,7 +200,7 @@ def test_test_profile_changes_only_what_the_cluster_needs(cluster):
 def test_every_job_went_through_sbatch_with_the_resources_asked(dag):
     flow, output, records, seconds = dag
     print(f"tiny DAG on SLURM: {seconds:.0f} s")
-    calls = _sbatch_calls(output)
+    calls = _sbatch_calls(output, records)
     rules = []
     for job_id, call in calls.items():
         asked, record = _asked(call), records[job_id]

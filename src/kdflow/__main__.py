@@ -26,13 +26,18 @@ def doctor(_args) -> int:
 
     print(f"{'torch CUDA build':34s} {torch.version.cuda or 'cpu'}")
     print(f"{'device':34s} {device_description()}")
-    for module in ("mmseg", "detectron2"):
+    from kdflow.openmmlab.compat import compiled_ops_available, import_mmseg
+
+    ops = compiled_ops_available()  # asked before import_mmseg may install the stand-in
+    print(f"{'mmcv compiled ops':34s} {'yes' if ops else 'no (mmcv-lite: heads needing them are refused)'}")
+    engines = {"mmseg": import_mmseg, "detectron2": lambda: importlib.import_module("detectron2")}
+    for name, load in engines.items():
         try:
-            importlib.import_module(module)
+            load()
             state = "importable"
-        except Exception as exc:  # report, do not fail: these engines are optional
+        except Exception as exc:  # report, do not fail: the report must cover a broken install too
             state = f"not importable ({type(exc).__name__}: {exc})"
-        print(f"{module:34s} {state}")
+        print(f"{name:34s} {state}")
     return 0
 
 

@@ -37,7 +37,7 @@ import yaml
 from kdflow import paths
 from kdflow.distill.registry import Declaration, declarations
 from kdflow.io import hash_data
-from kdflow.tasks import TASKS, builtin_protocols
+from kdflow.tasks import HEADS_NEEDING_COMPILED_OPS, TASKS, builtin_protocols, dataset_kind, merge, protocol_for_arch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema" / "config.schema.yaml"
@@ -125,7 +125,7 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     cfg = copy.deepcopy(cfg)
     transfer = cfg.get("transfer")
     if isinstance(transfer, dict) and isinstance(transfer.get("protocols", {}), dict):
-        transfer["protocols"] = {**builtin_protocols(), **transfer.get("protocols", {})}
+        transfer["protocols"] = _extended({**builtin_protocols(), **transfer.get("protocols", {})}, source)
     try:
         schema = effective_schema(_method_modules(cfg))
     except ValueError as exc:  # a method module that cannot be read
@@ -137,10 +137,51 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n  " + "\n  ".join(lines))
     # The default filler may place one default object in several entries; break that aliasing.
     cfg = json.loads(json.dumps(cfg))
+    _check_arch_overrides(cfg, schema, source)
     problems = reference_errors(cfg)
     if problems:
         raise ConfigError(f"{source}: invalid references:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def _extended(protocols: dict, source: str) -> dict:
+    """Protocols with ``extends: <protocol>`` become that protocol (itself resolved first) with
+    their own keys deep-merged over it, e.g. KDEP's PSPNet protocol at the demo's image size."""
+    resolved: dict = {}
+
+    def resolve(name: str, chain: tuple) -> dict:
+        if name in resolved:
+            return resolved[name]
+        entry = protocols[name]
+        if not isinstance(entry, dict) or "extends" not in entry:
+            resolved[name] = entry
+            return entry
+        base = entry["extends"]
+        where = f"config.transfer.protocols.{name}.extends"
+        if base not in protocols:
+            raise ConfigError(f"{source}: {where}: unknown protocol {base!r} (known: {', '.join(sorted(protocols))})")
+        if base in chain:
+            raise ConfigError(f"{source}: {where}: protocols extend each other in a cycle: "
+                              + " -> ".join([*chain, name, base]))
+        own = {k: v for k, v in entry.items() if k != "extends"}
+        resolved[name] = merge(resolve(base, (*chain, name)), own)
+        return resolved[name]
+
+    return {name: resolve(name, ()) for name in protocols}
+
+
+def _check_arch_overrides(cfg: dict, schema: dict, source: str) -> None:
+    """A protocol's ``arch_overrides`` must leave it valid for each architecture named."""
+    validator = _validator(schema).evolve(schema={**schema["$defs"]["protocol"], "$defs": schema["$defs"]})
+    problems = []
+    for name, protocol in cfg.get("transfer", {}).get("protocols", {}).items():
+        for arch in protocol.get("arch_overrides", {}):
+            merged = protocol_for_arch(protocol, arch)
+            for error in validator.iter_errors(merged):
+                where = _key_path(["transfer", "protocols", name, "arch_overrides", arch, *error.absolute_path])
+                problems.append(f"{where}: {_describe(error)}")
+    if problems:
+        raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n  " + "\n  ".join(problems))
 
 
 def _own_option_blocks(cfg: dict) -> None:
@@ -202,6 +243,8 @@ def reference_errors(cfg: dict) -> list[str]:
     for name in cfg["pretrain"]:
         problems += _run_errors(cfg, name)
     problems += _transfer_errors(cfg)
+    problems += _demo_format_errors(cfg)
+    problems += _sbd_root_errors(cfg)
     return problems
 
 
@@ -253,6 +296,46 @@ def _soft_label_errors(cfg, where, run, options, method) -> list[str]:
     return problems
 
 
+def _compiled_ops_errors(name: str, protocol: dict | None) -> list[str]:
+    """A protocol whose head needs mmcv's compiled ops, on an install without them (mmcv-lite)."""
+    head = (protocol or {}).get("model", {}).get("decode_head")
+    if head not in HEADS_NEEDING_COMPILED_OPS:
+        return []
+    from kdflow.openmmlab.compat import BUILD_HINT, compiled_ops_available
+
+    if compiled_ops_available():
+        return []
+    return [f"config.transfer.protocols.{name}.model.decode_head: {head!r} needs mmcv's compiled ops, which "
+            f"this install lacks (mmcv-lite); {BUILD_HINT}"]
+
+
+def _demo_format_errors(cfg: dict) -> list[str]:
+    """A demo segmentation set is read in mmseg's layout; the other demo kinds as ImageFolders."""
+    problems = []
+    for name, ds in cfg["datasets"].items():
+        demo = cfg["demo"].get(ds.get("demo"))
+        if demo is None:
+            continue
+        wanted = "mmseg" if demo["kind"] == "segmentation" else "imagefolder"
+        if ds["format"] != wanted:
+            problems.append(f"config.datasets.{name}.format: demo {ds['demo']!r} is a {demo['kind']} set, "
+                            f"read with format {wanted!r}, not {ds['format']!r}")
+    return problems
+
+
+def _sbd_root_errors(cfg: dict) -> list[str]:
+    """SBD's folder completes VOC 2012 into trainaug: a voc_aug dataset needs it, no other reads it."""
+    problems = []
+    for name, ds in cfg["datasets"].items():
+        where = f"config.datasets.{name}.sbd_root"
+        if "sbd_root" in ds and ds["format"] != "voc_aug":
+            problems.append(f"{where}: only a voc_aug dataset reads SBD's folder (this one's format is {ds['format']!r})")
+        elif ds["format"] == "voc_aug" and "root" in ds and "sbd_root" not in ds:
+            problems.append(f"{where}: format voc_aug needs SBD's benchmark_RELEASE/dataset folder (its masks make "
+                            "VOC 2012's train split into trainaug)")
+    return problems
+
+
 def _transfer_errors(cfg: dict) -> list[str]:
     problems: list[str] = []
     transfer = cfg["transfer"]
@@ -269,6 +352,12 @@ def _transfer_errors(cfg: dict) -> list[str]:
         for i, run in enumerate(grid["runs"]):
             _check_ref(problems, f"{where}.runs[{i}]", run, "pretrain", cfg, "pretrain run")
         task = protocol["task"] if protocol is not None else None
+        problems += _compiled_ops_errors(grid["protocol"], protocol)
+        for i, ds in enumerate(grid["datasets"]):
+            entry = cfg["datasets"].get(ds)
+            if task in TASKS and entry is not None and dataset_kind(entry) != TASKS[task].dataset_kind:
+                problems.append(f"{where}.datasets[{i}]: {ds!r} is a {dataset_kind(entry)} dataset; a {task} "
+                                f"grid needs {TASKS[task].dataset_kind} datasets")
         for ds in grid["datasets"]:
             for run in grid["runs"]:
                 for seed in grid["seeds"]:
@@ -566,8 +655,10 @@ def is_placeholder(value: Any) -> bool:
 
 
 def check_dataset_roots(cfg: dict, names) -> None:
-    """Fail before any job starts if a user dataset folder (or one of its splits), or the folder of
-    imported FKD soft labels, is missing."""
+    """Fail before any job starts if a user dataset folder (or one of its splits, or a folder or
+    index file a segmentation format needs), or the folder of imported FKD soft labels, is missing."""
+    from kdflow.data.segmentation import SEGMENTATION_FORMATS, seg_layout_problems
+
     problems = []
     for name in names:
         ds = cfg["datasets"][name]
@@ -577,6 +668,8 @@ def check_dataset_roots(cfg: dict, names) -> None:
         if not root.is_dir():
             problems.append(f"config.datasets.{name}.root: folder {root} does not exist")
             continue
+        if ds["format"] in SEGMENTATION_FORMATS:
+            problems += seg_layout_problems(ds, name, unfilled=is_placeholder)
         for key in ("train_split", "val_split") if ds["format"] == "imagefolder" else ():
             if not (root / ds[key]).is_dir():
                 problems.append(f"config.datasets.{name}.{key}: folder {root / ds[key]} does not exist")

@@ -24,6 +24,8 @@ class Task:
     protocol_schema: str  # $defs entry of the protocol's schema branch
     metric: str  # the main metric, shown by the task's table
     builtin_protocols: dict = field(default_factory=dict)
+    dataset_kind: str = "classification"  # the kind of dataset its grids may name (DATASET_KINDS)
+    export: str | None = None  # the export stage its jobs read the student from (None: the student file)
 
 
 # KDEP's classification transfer protocol (methods.md 1.8): full fine-tuning, SGD 0.9, wd 5e-4,
@@ -51,10 +53,78 @@ BUILTIN_CLS_PROTOCOLS = {
                       "normalize": {"mean": [0.5071, 0.4867, 0.4408], "std": [0.2675, 0.2565, 0.2761]}},
 }
 
+# KDEP's segmentation protocol (methods.md 1.8): PSPNet on a dilated ResNet-18 (output stride 8),
+# bins (1,2,3,6) of in/4 channels, 512-wide bottleneck, FCN auxiliary head on stage 3 (weight 0.4),
+# crop 512, batch 16, SGD 0.9 / wd 1e-4 / lr 0.01 with x10 on the heads, poly 0.9, random scale,
+# rotation +-10, blur, flip; single-scale sliding-window evaluation. KDEP states epochs; the
+# iterations below are epochs x train images / batch 16, rounded up:
+#   Cityscapes 200 x 2975 (fine train) / 16 = 37187.5 -> 37188, test images' long side 2048
+#   VOC2012-aug 50 x 10582 (trainaug) / 16 = 33068.75 -> 33069, scale 0.5-1.5, long side 512
+#   ADE20K 100 x 20210 (training) / 16 = 126312.5 -> 126313, long side 512
+# KDEP's MobileNetV2 variant: no dilation (output stride 32), its head on the 1280-channel conv,
+# no auxiliary head but the main loss counted 1.4 times (its aux loss is the main loss: a quirk of
+# KDEP's code, reproduced), lr 0.006 on Cityscapes.
+_MNV2 = "mobilenetv2_100"
+_KDEP_PSP = {
+    "task": "segmentation",
+    "iterations": 37188,
+    "batch_size": 16,
+    "crop_size": 512,
+    "model": {"decode_head": "kdep_psp", "output_stride": 8, "aux_weight": 0.4},
+    "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0001, "head_lr_mult": 10.0, "poly_power": 0.9},
+    "augment": {"scale_range": [0.5, 2.0], "rotate": 10, "blur": True, "photometric": True, "flip": 0.5},
+    "eval": {"mode": "slide", "long_side": 2048, "stride": 341, "every": 4000},
+    "arch_overrides": {_MNV2: {"optim": {"lr": 0.006},
+                               "model": {"output_stride": 32, "aux_weight": 0.0, "decode_loss_weight": 1.4}}},
+}
+_MNV2_LR_001 = {_MNV2: {"optim": {"lr": 0.01}, "model": {"output_stride": 32, "aux_weight": 0.0,
+                                                         "decode_loss_weight": 1.4}}}
+BUILTIN_SEG_PROTOCOLS = {
+    "kdep_psp": _KDEP_PSP,  # = Cityscapes
+    "kdep_psp_cityscapes": _KDEP_PSP,
+    "kdep_psp_voc": {**_KDEP_PSP, "iterations": 33069,
+                     "augment": {**_KDEP_PSP["augment"], "scale_range": [0.5, 1.5]},
+                     "eval": {**_KDEP_PSP["eval"], "long_side": 512}, "arch_overrides": _MNV2_LR_001},
+    "kdep_psp_ade20k": {**_KDEP_PSP, "iterations": 126313,
+                        "eval": {**_KDEP_PSP["eval"], "long_side": 512}, "arch_overrides": _MNV2_LR_001},
+}
+
 TASKS: dict[str, Task] = {
     "classification": Task("classification", rule="transfer_cls", protocol_schema="cls_protocol", metric="top1",
                            builtin_protocols=BUILTIN_CLS_PROTOCOLS),
+    "segmentation": Task("segmentation", rule="transfer_seg", protocol_schema="seg_protocol", metric="mIoU",
+                         builtin_protocols=BUILTIN_SEG_PROTOCOLS, dataset_kind="segmentation", export="mmseg"),
 }
+
+# Decode heads built from mmcv ops that need its compiled extension (CCNet's criss-cross
+# attention): refused when the config is read on an install without them (mmcv-lite).
+HEADS_NEEDING_COMPILED_OPS = ("cc",)
+
+# The kind of data each dataset format holds (a grid of a task names datasets of its kind only).
+SEGMENTATION_FORMATS = ("mmseg", "cityscapes", "voc_aug", "ade20k")
+
+
+def dataset_kind(entry: dict) -> str:
+    """``segmentation`` or ``classification``, from a dataset entry's format (or its demo's kind)."""
+    return "segmentation" if entry.get("format") in SEGMENTATION_FORMATS else "classification"
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``override`` deep-merged over ``base`` (dicts merge key by key; anything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def protocol_for_arch(protocol: dict, arch: str) -> dict:
+    """A protocol as it applies to a student of ``arch``: its ``arch_overrides`` entry merged in."""
+    overrides = protocol.get("arch_overrides", {})
+    base = {k: v for k, v in protocol.items() if k != "arch_overrides"}
+    return merge(base, overrides.get(arch, {}))
 
 
 def builtin_protocols() -> dict:

@@ -11,9 +11,16 @@ Layouts:
 - ``kind: pretrain``: ImageNet style, ``train/<wnid>/<wnid>_<k>.JPEG`` and
   ``val/<wnid>/ILSVRC2012_val_<k>.JPEG`` plus ``LOC_synset_mapping.txt`` (wnid, description).
 - ``kind: downstream``: ``train/<name>/<k>.jpg`` and ``val/<name>/<k>.jpg`` with readable names.
+- ``kind: segmentation``: scenes of 2 or 3 objects (textured shapes, later ones painted over
+  earlier ones) in mmseg's layout (the ``mmseg`` format of kdflow.data.segmentation):
+  ``img_dir/{train,val}/<k>.png`` (lossless), ``ann_dir/{train,val}/<k>.png`` (index masks:
+  0 background, 1..C the object's *shape*, its texture being random) and ``classes.txt``. Here
+  ``classes`` counts shape kinds (at most 8) and ``train_per_class``/``val_per_class`` count
+  images in all, not per class. Pre-training learns the same shapes and textures (as parts of
+  its classes), so a pre-trained backbone genuinely helps to segment them.
 
-Each image's randomness comes from ``SeedSequence([seed, split, class, k])``: the output depends
-on the config only, not on generation order.
+Each image's randomness comes from ``SeedSequence([seed, split, class, k])`` (a scene's from
+``[seed, split, k]``): the output depends on the config only, not on generation order.
 """
 
 from __future__ import annotations
@@ -89,16 +96,22 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
 
 
+def _pose(shape: str, x: np.ndarray, y: np.ndarray, cx: float, cy: float, radius: float,
+          theta: float) -> np.ndarray:
+    """Where ``shape``, centred at (cx, cy), of this radius and rotation, covers the pixel grid."""
+    dx, dy = x + 0.5 - cx, y + 0.5 - cy
+    u = (dx * np.cos(theta) + dy * np.sin(theta)) / radius
+    v = (-dx * np.sin(theta) + dy * np.cos(theta)) / radius
+    return _shape_mask(shape, u, v)
+
+
 def render(shape: str, texture: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One ``size`` x ``size`` RGB uint8 image of a textured shape on a noisy background."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     cx, cy = rng.uniform(0.35, 0.65, size=2) * size
     radius = rng.uniform(0.3, 0.42) * size
     theta = rng.uniform(0, 2 * np.pi)
-    dx, dy = x + 0.5 - cx, y + 0.5 - cy
-    u = (dx * np.cos(theta) + dy * np.sin(theta)) / radius
-    v = (-dx * np.sin(theta) + dy * np.cos(theta)) / radius
-    mask = _shape_mask(shape, u, v)
+    mask = _pose(shape, x, y, cx, cy, radius, theta)
     period = int(rng.integers(6, 9))
     ox, oy = rng.integers(0, period, size=2)
     on = _texture(texture, x + ox, y + oy, period)
@@ -121,12 +134,63 @@ def _image_rng(seed: int, split: str, cls: int, k: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _SPLITS[split], cls, k]))
 
 
+def _scene_rng(seed: int, split: str, k: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLITS[split], k]))
+
+
+def _centres(radii: np.ndarray, size: int, rng: np.random.Generator, tries: int = 30) -> np.ndarray:
+    """Object centres inside the image, far enough apart that objects overlap at most partly (no
+    object hides another): the first of ``tries`` draws that keeps every pair's distance at least
+    0.75 x the sum of their radii, else the last draw."""
+    for _ in range(tries):
+        centres = rng.uniform(0.2, 0.8, size=(len(radii), 2)) * size
+        gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+        needed = 0.75 * (radii[:, None] + radii[None])
+        if np.all((gaps >= needed)[~np.eye(len(radii), dtype=bool)]):
+            break
+    return centres
+
+
+def render_scene(classes: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` RGB uint8 scene of 2 or 3 objects on a noisy background (as
+    :func:`render`'s), and its uint8 mask: 0 background, 1 + the shape index (among the first
+    ``classes`` SHAPES) of the object painted last at each pixel. An object's shape is its class;
+    its texture, colour, size (radius 0.18-0.3 of the image) and rotation are random, and objects
+    of one scene have different shapes while there are enough."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    count = int(rng.integers(2, 4))
+    kinds = rng.choice(classes, size=count, replace=count > classes)
+    radii = rng.uniform(0.18, 0.3, size=count) * size
+    centres = _centres(radii, size, rng)
+
+    bg_value = rng.uniform(0.1, 0.9)
+    background = _hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.5), bg_value)
+    img = np.empty((size, size, 3))
+    img[:] = background
+    labels = np.zeros((size, size), dtype=np.uint8)
+    for kind, radius, (cx, cy) in zip(kinds, radii, centres):
+        mask = _pose(SHAPES[kind], x, y, cx, cy, radius, rng.uniform(0, 2 * np.pi))
+        period = int(rng.integers(6, 9))
+        ox, oy = rng.integers(0, period, size=2)
+        on = _texture(TEXTURES[int(rng.integers(len(TEXTURES)))], x + ox, y + oy, period)
+        fg_value = bg_value + (0.45 if bg_value < 0.5 else -0.45) * rng.uniform(0.8, 1.2)
+        foreground = _hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), float(np.clip(fg_value, 0.05, 1.0)))
+        img[mask & on] = foreground
+        img[mask & ~on] = foreground * 0.45 + background * 0.55  # the texture's "off" cells, as render's
+        labels[mask] = kind + 1
+    img += rng.normal(0.0, 0.04, size=img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), labels
+
+
 def generate(out_dir: str | Path, kind: str, classes: int, train_per_class: int,
              val_per_class: int, image_size: int, seed: int, progress: bool = False) -> dict:
-    """Write one demo dataset under ``out_dir``; returns a summary (counts and class list)."""
+    """Write one demo dataset under ``out_dir``; returns a summary (counts and class list). For
+    ``kind: segmentation`` the per-class counts are image counts (see the module's docstring)."""
     from kdflow.io import write_text
 
     out_dir = Path(out_dir)
+    if kind == "segmentation":
+        return _generate_scenes(out_dir, classes, train_per_class, val_per_class, image_size, seed, progress)
     pairs = class_pairs(kind, classes)
     names = [f"n{1000000 + 1000 * i:08d}" if kind == "pretrain" else f"{s}_{t}"
              for i, (s, t) in enumerate(pairs)]
@@ -150,3 +214,29 @@ def generate(out_dir: str | Path, kind: str, classes: int, train_per_class: int,
     write_text(out_dir / ("LOC_synset_mapping.txt" if kind == "pretrain" else "classes.txt"), descriptions)
     return {"kind": kind, "classes": dict(zip(names, [f"{s} {t}" for s, t in pairs])),
             "images": {split: n * classes for split, n in counts.items()}}
+
+
+def _generate_scenes(out_dir: Path, classes: int, train_images: int, val_images: int, image_size: int,
+                     seed: int, progress: bool) -> dict:
+    """The segmentation demo in mmseg's layout (img_dir/, ann_dir/, classes.txt)."""
+    from kdflow.io import write_text
+
+    if not 2 <= classes <= len(SHAPES):
+        raise ValueError(f"a segmentation demo has 2 to {len(SHAPES)} classes (the shape kinds), {classes} asked")
+    counts = {"train": train_images, "val": val_images}
+    jobs = [(split, k) for split in counts for k in range(counts[split])]
+    if progress:
+        from tqdm import tqdm
+
+        jobs = tqdm(jobs, desc=f"demo {out_dir.name}", unit="img", mininterval=2)
+    for split, k in jobs:
+        pixels, labels = render_scene(classes, image_size, _scene_rng(seed, split, k))
+        for folder, array in (("img_dir", pixels), ("ann_dir", labels)):
+            path = out_dir / folder / split / f"{k:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(path)
+    names = ["background", *SHAPES[:classes]]
+    write_text(out_dir / "classes.txt", "".join(f"{n}\n" for n in names))
+    return {"kind": "segmentation",
+            "classes": {n: "no object" if i == 0 else f"{n} (any texture)" for i, n in enumerate(names)},
+            "images": counts}

@@ -1,18 +1,23 @@
 """Dataset preparation: whatever layout a dataset comes in -> a ``train`` and a ``test`` manifest.
 
 Every stage after this one (subsets, teacher checks, transfer) reads these two manifests and
-nothing else, so supporting a new dataset layout is one preparer function here.
+nothing else, so supporting a new dataset layout is one preparer function here. A classification
+preparer returns ``Manifest`` objects (kdflow.data.imagefolder), a segmentation preparer
+``SegManifest`` objects (kdflow.data.segmentation).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kdflow.data.imagefolder import DatasetError, Manifest, split_manifest
 
+if TYPE_CHECKING:
+    from kdflow.data.segmentation import SegManifest
+
 SPLITS = ("train", "test")
-PREPARERS: dict[str, Callable[[dict, Path], dict[str, Manifest]]] = {}
+PREPARERS: dict[str, Callable[[dict, Path], dict[str, Manifest | SegManifest]]] = {}
 
 
 def preparer(fmt: str):
@@ -23,7 +28,7 @@ def preparer(fmt: str):
     return register
 
 
-def prepare(dataset: dict, work_dir: str | Path) -> dict[str, Manifest]:
+def prepare(dataset: dict, work_dir: str | Path) -> dict[str, Manifest | SegManifest]:
     """``dataset`` is a resolved dataset entry; ``work_dir`` may receive derived files (symlink
     trees, decoded images) that the manifests point into."""
     fmt = dataset["format"]
@@ -46,4 +51,4 @@ def _imagefolder(dataset: dict, work_dir: Path) -> dict[str, Manifest]:
             "test": split_manifest(root, dataset["val_split"])}
 
 
-from kdflow.data import formats  # noqa: E402,F401  (registers the dataset-specific preparers)
+from kdflow.data import formats, segmentation  # noqa: E402,F401  (register the dataset-specific preparers)

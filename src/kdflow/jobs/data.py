@@ -7,6 +7,7 @@ from pathlib import Path
 from kdflow.data import demo
 from kdflow.data.imagefolder import read_manifest, write_manifest
 from kdflow.data.prepare import SPLITS, prepare
+from kdflow.data.segmentation import SegManifest, write_seg_manifest
 from kdflow.data.subset import materialise_symlinks, select_subset
 from kdflow.provenance import Provenance, describe_input
 
@@ -23,13 +24,15 @@ def demo_data(name: str, spec: dict, out_dir: str | Path) -> dict:
 
 
 def prepare_dataset(dataset: dict, manifests: dict[str, str | Path]) -> dict:
-    """Write the ``train`` and ``test`` manifests of a resolved dataset entry."""
+    """Write the ``train`` and ``test`` manifests of a resolved dataset entry (segmentation
+    manifests for a segmentation format)."""
     prov = Provenance("prepare_dataset", name=dataset["name"], config=dataset)
-    prov.add_inputs([dataset["root"]])
+    prov.add_inputs([dataset[key] for key in ("root", "sbd_root") if dataset.get(key)])
     prepared = prepare(dataset, dataset["work_dir"])
     counts = {}
     for split in SPLITS:
-        write_manifest(manifests[split], prepared[split], dataset["name"])
+        write = write_seg_manifest if isinstance(prepared[split], SegManifest) else write_manifest
+        write(manifests[split], prepared[split], dataset["name"])
         counts[split] = {"images": len(prepared[split]), "classes": prepared[split].num_classes}
     prov.write(Path(manifests["train"]).parent / "provenance.json", extra={"counts": counts})
     print(f"[prepare_dataset {dataset['name']}] {counts}", flush=True)

@@ -6,7 +6,9 @@ state's clean-up — is here; how a task fine-tunes and evaluates is its kdflow.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,7 +19,43 @@ from kdflow.jobs.common import metrics_record
 from kdflow.provenance import Provenance
 from kdflow.train import distributed
 from kdflow.train.trainer import discard_state
-from kdflow.transfer import classification
+from kdflow.transfer import classification, segmentation
+
+
+def job_args(cfg: dict, task: str, dataset: str, run: str, seed: int) -> argparse.Namespace:
+    """A transfer job's arguments from the validated config (under Snakemake and by hand alike)."""
+    from kdflow import paths
+    from kdflow.config import method_of, protocol_for, resolve_dataset, resolve_protocol, resolve_run
+    from kdflow.tasks import TASKS
+
+    results = cfg["results"]
+    export = TASKS[task].export
+    student = None
+    if method_of(cfg, run).student != "none":
+        student = paths.export_weights(results, run, export) if export else paths.student_weights(results, run)
+    return argparse.Namespace(
+        run=resolve_run(cfg, run), dataset=resolve_dataset(cfg, dataset),
+        protocol=resolve_protocol(cfg, protocol_for(cfg, task, dataset, run, seed)), seed=seed,
+        out_dir=paths.transfer_dir(results, task, dataset, run, seed),
+        state=paths.state_dir(results, "transfer", task, dataset, run, f"seed{seed}"), student=student,
+        manifests={split: paths.dataset_manifest(results, dataset, split) for split in ("train", "test")})
+
+
+def cli_args(task: str, doc: str) -> argparse.Namespace:
+    """A transfer job's arguments from the command line (``--config --dataset --run-id --seed``)."""
+    from kdflow.config import load_config
+    from kdflow.jobs.common import add_gpus_option
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--run-id", dest="run", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=None)
+    add_gpus_option(parser)
+    args = parser.parse_args()
+    return argparse.Namespace(**vars(job_args(load_config(args.config), task, args.dataset, args.run, args.seed)),
+                              threads=args.threads, gpus=args.gpus)
 
 
 def transfer_classification(run, dataset, protocol, seed: int, out_dir: str | Path, state_dir: str | Path,
@@ -56,3 +94,60 @@ def transfer_classification(run, dataset, protocol, seed: int, out_dir: str | Pa
         discard_state(state_dir)
     distributed.teardown()
     return record
+
+
+def transfer_segmentation(run, dataset, protocol, seed: int, out_dir: str | Path, state_dir: str | Path,
+                          manifests: dict[str, str | Path], export_path: str | Path | None = None) -> dict:
+    """Fine-tune ``run``'s backbone (exported for mmseg: ``export_path``; None for a run without
+    pre-training) on a segmentation dataset with mmsegmentation. Arguments as
+    :func:`transfer_classification`; ``state_dir`` holds mmengine's resumable checkpoints."""
+    from kdflow.data.segmentation import read_seg_manifest
+    from kdflow.io import read_json
+
+    out_dir, state_dir = Path(out_dir), Path(state_dir)
+    train_set = read_seg_manifest(manifests["train"], dataset)
+    arch = run["student"]["arch"]
+    if export_path is None:
+        input_spec, run_hash = classification.read_student(run, None)[1], run.hash
+    else:
+        export = read_json(Path(export_path).with_name("report.json"))
+        if export["arch"] != arch:
+            raise ValueError(f"{export_path}: exported from arch {export['arch']!r}, run {run['name']!r} "
+                             f"declares student arch {arch!r}")
+        input_spec, run_hash = export["input"], export.get("config_hash") or run.hash
+    config = {"run": run.identity["name"], "run_config_hash": run_hash, "dataset": dataset.identity,
+              "protocol": protocol.identity, "seed": seed}
+    prov = Provenance("transfer_seg", name=f"{dataset['name']}/{run['name']}/seed{seed}", config=config,
+                      seeds={"transfer": seed}, threads=torch.get_num_threads())
+    prov.record["execution"] = {"dataset": dataset.execution, "protocol": protocol.execution}
+    prov.add_inputs([p for p in (manifests["train"], manifests["test"], export_path) if p])
+    dist = distributed.setup()
+    load_report = state_dir / "backbone_load.json"
+    mmseg_config = segmentation.build_config(
+        protocol=dict(protocol), arch=arch, input_spec=input_spec, num_classes=train_set.num_classes,
+        manifests={k: str(v) for k, v in manifests.items()}, dataset=dict(dataset), seed=seed, work_dir=state_dir,
+        backbone_weights=str(export_path) if export_path else None,
+        load_report=str(load_report) if export_path else None, log_csv=str(out_dir / "log.csv"),
+        world_size=dist.world_size, cuda=dist.device.type == "cuda")
+    result = segmentation.finetune(mmseg_config, out_dir)
+    record = metrics_record("segmentation", dataset["name"], run["name"], seed,
+                            segmentation.summarise(result["evaluations"]), protocol=protocol["name"],
+                            protocol_hash=protocol.hash, run_config_hash=run_hash)
+    if dist.rank == 0:
+        segmentation.keep_engine_log(result["log_dir"], out_dir)
+        load = _read_load_report(load_report) if export_path else None
+        write_json(out_dir / "metrics.json", record)
+        prov.write(out_dir / "provenance.json", extra={"load": load, "iterations": result["iterations"],
+                                                       "model": result["model"], "mmseg_config": "config.py"})
+        shutil.rmtree(state_dir, ignore_errors=True)  # mmengine's checkpoints: their purpose is served
+    distributed.teardown()
+    return record
+
+
+def _read_load_report(path: Path) -> dict:
+    """The strict backbone load's report (written by the initializer when training started)."""
+    from kdflow.io import read_json
+
+    if not path.is_file():
+        raise RuntimeError(f"{path}: the backbone load left no report; was the exported backbone loaded?")
+    return read_json(path)
