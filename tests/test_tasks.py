@@ -30,8 +30,12 @@ def test_a_grid_whose_task_disagrees_with_its_protocol_is_refused():
     from kdflow.config import ConfigError, validate_config
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    cfg["transfer"]["protocols"]["demo_ft"]["task"] = "segmentation"
-    with pytest.raises(ConfigError, match=r"transfer.protocols.demo_ft.task: 'segmentation' is not one of"):
+    cfg["transfer"]["grids"]["demo_cls"]["task"] = "segmentation"
+    with pytest.raises(ConfigError, match=r"grids.demo_cls.task: 'segmentation', but protocol 'demo_ft' is a "
+                                          r"'classification' protocol"):
+        validate_config(cfg)
+    cfg["transfer"]["grids"]["demo_cls"]["task"] = "detection"
+    with pytest.raises(ConfigError, match=r"grids.demo_cls.task: 'detection' is not one of"):
         validate_config(cfg)
 
 

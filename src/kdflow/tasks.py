@@ -101,7 +101,7 @@ TASKS: dict[str, Task] = {
 HEADS_NEEDING_COMPILED_OPS = ("cc",)
 
 # The kind of data each dataset format holds (a grid of a task names datasets of its kind only).
-SEGMENTATION_FORMATS = ("mmseg", "cityscapes", "voc_aug", "ade20k")
+from kdflow.data.segmentation import SEGMENTATION_FORMATS  # noqa: E402  (torch-free)
 
 
 def dataset_kind(entry: dict) -> str:

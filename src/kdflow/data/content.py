@@ -46,6 +46,9 @@ def dataset_content(dataset: dict) -> dict:
     extra = dataset.get("val_labels")
     if extra and Path(extra).is_file() and not Path(extra).resolve().is_relative_to(root.resolve()):
         listing.append((f"<val_labels>/{Path(extra).name}", Path(extra).stat().st_size))
+    second = dataset.get("sbd_root")  # voc_aug: SBD's folder is read too
+    if second and Path(second).is_dir():
+        listing += [(f"<sbd_root>/{rel}", size) for rel, size in sorted(_walk(Path(second)))]
     digest = hashlib.sha256()
     for rel, size in listing:
         digest.update(f"{rel}\t{size}\n".encode("utf-8"))
