@@ -1,8 +1,5 @@
 """The built-in demo, end to end: KDEP, FKD, KD, VkD and FunMatch must beat scratch by a clear
-margin, and KDEP from a trained teacher must beat KDEP from an untrained one; in segmentation
-(mmseg PSPNet on the exported backbones) KDEP and FKD beat scratch and KDEP's trained teacher beats
-its untrained one, by more than max(1 mIoU point, 2 x the larger std) - the end-to-end proof that
-the conversion loaded the pre-trained weights.
+margin, and KDEP from a trained teacher must beat KDEP from an untrained one.
 
 Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 17
 minutes on 2 cores), unless KDFLOW_DEMO_RESULTS points at the results of a finished demo run.
@@ -39,30 +36,7 @@ def demo_results(tmp_path_factory) -> Path:
     assert out.returncode == 0, out.stderr[-5000:]
     print(f"demo wall time: {time.time() - started:.0f} s")
     print((results / "tables" / "classification.md").read_text())
-    print((results / "tables" / "segmentation.md").read_text())
     return results
-
-
-def _miou(results: Path) -> pd.DataFrame:
-    return pd.read_csv(results / "tables" / "segmentation.csv").set_index("run")
-
-
-@pytest.mark.parametrize("better, worse", [(KDEP, SCRATCH), (FKD, SCRATCH), (KDEP, UNTRAINED)])
-def test_segmentation_gains_from_pre_training(demo_results, better, worse):
-    """Segmentation margin: mean mIoU gap > max(1 point, 2 x the larger of the two seed std's)."""
-    stats = _miou(demo_results)
-    assert stats.loc[better, "n"] == 3 and stats.loc[worse, "n"] == 3
-    gap = stats.loc[better, "mean"] - stats.loc[worse, "mean"]
-    margin = max(1.0, 2 * max(stats.loc[better, "std"], stats.loc[worse, "std"]))
-    assert gap > margin, f"{better} - {worse} = {gap:.2f} mIoU points, needs > {margin:.2f}\n{stats}"
-
-
-def test_segmentation_jobs_loaded_every_exported_key(demo_results):
-    for run in (KDEP, FKD, UNTRAINED, "supervised_in48"):
-        export = json.loads((demo_results / "pretrain" / run / "export" / "mmseg" / "report.json").read_text())
-        for prov in sorted((demo_results / "transfer" / "segmentation" / "demo_seg" / run).glob("seed*/provenance.json")):
-            load = json.loads(prov.read_text())["load"]
-            assert load["loaded"] == export["verification"]["loaded"] and not load["missing"], prov
 
 
 def _top1(results: Path) -> pd.DataFrame:
