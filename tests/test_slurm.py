@@ -150,7 +150,7 @@ def _sbatch_calls(output: str, records: dict[str, dict]) -> dict[str, str]:
     assert calls and len(calls) == len(records), output[-3000:]
     by_comment = {re.search(r"--comment '?([^' ]+)", call).group(1): call for call in calls}
     assert len(by_comment) == len(calls), calls
-    return {job_id: by_comment[record["Comment"]] for job_id, record in records.items()}
+    return {job_id: by_comment[record["Comment"].strip()] for job_id, record in records.items()}
 
 
 def _asked(call: str) -> dict:

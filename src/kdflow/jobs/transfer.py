@@ -114,7 +114,7 @@ def transfer_segmentation(run, dataset, protocol, seed: int, out_dir: str | Path
         if export["arch"] != arch:
             raise ValueError(f"{export_path}: exported from arch {export['arch']!r}, run {run['name']!r} "
                              f"declares student arch {arch!r}")
-        input_spec, run_hash = export["input"], export.get("config_hash") or run.hash
+        input_spec, run_hash = export["input"], export.get("student_config_hash") or run.hash
     config = {"run": run.identity["name"], "run_config_hash": run_hash, "dataset": dataset.identity,
               "protocol": protocol.identity, "seed": seed}
     prov = Provenance("transfer_seg", name=f"{dataset['name']}/{run['name']}/seed{seed}", config=config,
