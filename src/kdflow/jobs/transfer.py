@@ -58,6 +58,18 @@ def cli_args(task: str, doc: str) -> argparse.Namespace:
                               threads=args.threads, gpus=args.gpus)
 
 
+def _job_provenance(stage: str, run, dataset, protocol, seed: int, run_hash: str, manifests: dict,
+                    weights_path) -> tuple[dict, Provenance]:
+    """A transfer job's identity (what its metrics depend on) and its provenance record."""
+    config = {"run": run.identity["name"], "run_config_hash": run_hash, "dataset": dataset.identity,
+              "protocol": protocol.identity, "seed": seed}
+    prov = Provenance(stage, name=f"{dataset['name']}/{run['name']}/seed{seed}", config=config,
+                      seeds={"transfer": seed}, threads=torch.get_num_threads())
+    prov.record["execution"] = {"dataset": dataset.execution, "protocol": protocol.execution}
+    prov.add_inputs([p for p in (manifests["train"], manifests["test"], weights_path) if p])
+    return config, prov
+
+
 def transfer_classification(run, dataset, protocol, seed: int, out_dir: str | Path, state_dir: str | Path,
                             manifests: dict[str, str | Path], student_path: str | Path | None = None) -> dict:
     """``run``/``dataset``/``protocol`` are resolved config slices (kdflow.config.JobConfig);
@@ -71,12 +83,7 @@ def transfer_classification(run, dataset, protocol, seed: int, out_dir: str | Pa
         raise DatasetError(f"{manifests['train']} and {manifests['test']} have different classes")
     weights, student_input, student_hash = classification.read_student(run, student_path)
     run_hash = student_hash or run.hash
-    config = {"run": run.identity["name"], "run_config_hash": run_hash, "dataset": dataset.identity,
-              "protocol": protocol.identity, "seed": seed}
-    prov = Provenance("transfer_cls", name=f"{dataset['name']}/{run['name']}/seed{seed}", config=config,
-                      seeds={"transfer": seed}, threads=torch.get_num_threads())
-    prov.record["execution"] = {"dataset": dataset.execution, "protocol": protocol.execution}
-    prov.add_inputs([p for p in (manifests["train"], manifests["test"], student_path) if p])
+    config, prov = _job_provenance("transfer_cls", run, dataset, protocol, seed, run_hash, manifests, student_path)
     dist = distributed.setup()
     torch.manual_seed(seed)
     net, load_report = classification.build_classifier(run, weights, student_input, protocol,
@@ -115,12 +122,7 @@ def transfer_segmentation(run, dataset, protocol, seed: int, out_dir: str | Path
             raise ValueError(f"{export_path}: exported from arch {export['arch']!r}, run {run['name']!r} "
                              f"declares student arch {arch!r}")
         input_spec, run_hash = export["input"], export.get("student_config_hash") or run.hash
-    config = {"run": run.identity["name"], "run_config_hash": run_hash, "dataset": dataset.identity,
-              "protocol": protocol.identity, "seed": seed}
-    prov = Provenance("transfer_seg", name=f"{dataset['name']}/{run['name']}/seed{seed}", config=config,
-                      seeds={"transfer": seed}, threads=torch.get_num_threads())
-    prov.record["execution"] = {"dataset": dataset.execution, "protocol": protocol.execution}
-    prov.add_inputs([p for p in (manifests["train"], manifests["test"], export_path) if p])
+    _, prov = _job_provenance("transfer_seg", run, dataset, protocol, seed, run_hash, manifests, export_path)
     dist = distributed.setup()
     load_report = state_dir / "backbone_load.json"
     mmseg_config = segmentation.build_config(
