@@ -100,7 +100,11 @@ def test_demo_protocol_is_kdep_psp_but_for_image_size_and_iterations():
 
 
 def _raw():
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    """The demo config with a segmentation grid named demo_seg (grid checks only look at grids)."""
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    raw["transfer"]["grids"].setdefault("demo_seg", {"datasets": ["demo_seg"], "runs": ["scratch"], "seeds": [0],
+                                                     "protocol": "demo_psp"})
+    return raw
 
 
 def test_extends_errors_name_the_protocol():
