@@ -19,7 +19,7 @@ def demo(repo):
 def test_demo_config_is_valid_and_defaults_are_filled(demo):
     cfg = validate_config(copy.deepcopy(demo))
     run = cfg["pretrain"]["kdep_r18_r18_in48"]
-    assert run["kdep"] == {"tau": 0.1, "power": 3, "loss_weight": 3.0}
+    assert run["kdep"] == {"tau": 0.1, "power": 3, "loss_weight": 20.0}  # tau and power from defaults
     assert cfg["students"]["r18"]["input"]["channel_order"] == "RGB"
     assert cfg["report"]["checkpoint"] == "final"
     assert len(transfer_jobs(cfg)) == 24  # 8 runs x 3 seeds
