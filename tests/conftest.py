@@ -76,3 +76,25 @@ def training_config(**keys) -> dict:
 @pytest.fixture
 def tiny_config(tmp_path) -> Path:
     return write_config(REPO / "tests" / "data" / "tiny_config.yaml", tmp_path)
+
+
+def network_with_bn_statistics(arch: str):
+    """A seeded random kdflow Network (eval mode) whose BatchNorm layers hold non-trivial running
+    statistics and affine parameters, so a conversion that drops, resets or misplaces a BN tensor
+    shows in the outputs."""
+    import torch
+    from torch import nn
+
+    from kdflow.models.network import Network
+
+    torch.manual_seed(0)
+    net = Network(arch, num_classes=10)
+    generator = torch.Generator().manual_seed(1)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return net.eval()

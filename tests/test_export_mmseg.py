@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import network_with_bn_statistics
 from kdflow.export.mmseg import (backbone_channels, backbone_config, build_backbone, export_mmseg,
                                   load_exported_backbone, to_mmseg_names)
 from kdflow.io import read_json, sha256_file
@@ -29,19 +30,8 @@ def one_thread():
 
 
 def _student(arch: str) -> Network:
-    """A random student whose BatchNorm layers hold non-trivial statistics and affine parameters,
-    so a BN tensor mapped to the wrong layer (or left at its init) shows in the outputs."""
-    torch.manual_seed(0)
-    net = Network(arch, num_classes=10)
-    generator = torch.Generator().manual_seed(1)
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
-    return net.eval()
+    """A random student with non-trivial BatchNorm statistics (see conftest)."""
+    return network_with_bn_statistics(arch)
 
 
 def _metadata(arch: str) -> dict:

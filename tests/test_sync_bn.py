@@ -15,24 +15,14 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import network_with_bn_statistics
 from kdflow.models.network import Network, PreActTap
 from kdflow.train.trainer import convert_sync_bn
 
 
 def _network_with_statistics() -> Network:
-    """A MobileNetV2 whose BatchNorm layers hold non-trivial statistics and affine parameters,
-    so a conversion that dropped or reset any of them would show in the outputs."""
-    torch.manual_seed(0)
-    net = Network("mobilenetv2_100", num_classes=10)
-    generator = torch.Generator().manual_seed(1)
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
-    return net.eval()
+    """A MobileNetV2 with non-trivial BatchNorm statistics (see conftest)."""
+    return network_with_bn_statistics("mobilenetv2_100")
 
 
 @torch.no_grad()
