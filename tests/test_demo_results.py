@@ -1,7 +1,8 @@
 """The built-in demo, end to end: KDEP, FKD, KD, VkD and FunMatch must beat scratch by a clear
-margin, and KDEP from a trained teacher must beat KDEP from an untrained one.
+margin in classification, KDEP and FKD in segmentation (which also proves that the mmseg export
+loaded the pre-trained weights), and KDEP from a trained teacher must beat KDEP from an untrained one.
 
-Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 17
+Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (about 21
 minutes on 2 cores), unless KDFLOW_DEMO_RESULTS points at the results of a finished demo run.
 """
 
@@ -35,7 +36,8 @@ def demo_results(tmp_path_factory) -> Path:
                          capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-5000:]
     print(f"demo wall time: {time.time() - started:.0f} s")
-    print((results / "tables" / "classification.md").read_text())
+    for task in ("classification", "segmentation"):
+        print((results / "tables" / f"{task}.md").read_text())
     return results
 
 
@@ -44,14 +46,24 @@ def _top1(results: Path) -> pd.DataFrame:
     return table.set_index("run")
 
 
+def _miou(results: Path) -> pd.DataFrame:
+    table = pd.read_csv(results / "tables" / "segmentation.csv")
+    return table[table.dataset == "demo_seg"].set_index("run")
+
+
 @pytest.mark.parametrize("method_run", [KDEP, FKD, KD, VKD, FUNMATCH])
 def test_distillation_beats_scratch_by_a_clear_margin(demo_results, method_run):
     """The margin rule: mean gap > max(2 points, 2 x the larger of the two seed std's)."""
-    stats = _top1(demo_results)
-    assert stats.loc[method_run, "n"] == 3 and stats.loc[SCRATCH, "n"] == 3
-    gap = stats.loc[method_run, "mean"] - stats.loc[SCRATCH, "mean"]
-    margin = max(2.0, 2 * max(stats.loc[method_run, "std"], stats.loc[SCRATCH, "std"]))
-    assert gap > margin, f"{method_run} - scratch = {gap:.2f} points, needs > {margin:.2f}\n{stats}"
+    _assert_clear_margin(_top1(demo_results), method_run, SCRATCH, floor=2.0)
+
+
+def _assert_clear_margin(stats: pd.DataFrame, better: str, worse: str, floor: float) -> None:
+    """Over 3 seeds each, ``better``'s mean exceeds ``worse``'s by more than max(floor, 2 x the
+    larger of their sample std's)."""
+    assert stats.loc[better, "n"] == 3 and stats.loc[worse, "n"] == 3
+    gap = stats.loc[better, "mean"] - stats.loc[worse, "mean"]
+    margin = max(floor, 2 * max(stats.loc[better, "std"], stats.loc[worse, "std"]))
+    assert gap > margin, f"{better} - {worse} = {gap:.2f} points, needs > {margin:.2f}\n{stats}"
 
 
 def test_fkd_replayed_the_stored_soft_labels(demo_results):
@@ -97,3 +109,23 @@ def test_logit_students_learned_the_teachers_function(demo_results, method_run):
     log = pd.read_csv(demo_results / "pretrain" / method_run / "log.csv")
     assert log["kl"].iloc[-1] < log["kl"].iloc[0] and "ce" not in log.columns  # teacher's signal only
     assert log["val_top1"].notna().iloc[-1]  # the head (the teacher's 16 classes) was evaluated
+
+
+@pytest.mark.parametrize("better, worse", [(KDEP, SCRATCH), (FKD, SCRATCH), (KDEP, UNTRAINED)])
+def test_segmentation_gains_from_pre_training_by_a_clear_margin(demo_results, better, worse):
+    """Issue 12's margin rule: mean mIoU gap > max(1 point, 2 x the larger of the two seed std's).
+    A backbone the export failed to load would sit at scratch's (or the untrained teacher's) level."""
+    _assert_clear_margin(_miou(demo_results), better, worse, floor=1.0)
+
+
+def test_segmentation_jobs_loaded_every_backbone_tensor(demo_results):
+    for run in (KDEP, FKD, UNTRAINED, "supervised_in48"):
+        for seed in range(3):
+            job = demo_results / "transfer" / "segmentation" / "demo_seg" / run / f"seed{seed}"
+            prov = json.loads((job / "provenance.json").read_text())
+            load = prov["load"]
+            assert load["missing"] == [] and load["unexpected"] == [] and load["loaded"] == 120, (run, seed, load)
+            assert load["checkpoint"].endswith(f"pretrain/{run}/export/mmseg/backbone.pth")
+    scratch = json.loads((demo_results / "transfer" / "segmentation" / "demo_seg" / SCRATCH / "seed0"
+                          / "provenance.json").read_text())
+    assert scratch["load"] is None  # mmseg's own random init, through the same path

@@ -458,3 +458,25 @@ def test_demo_scenes_have_several_objects_and_shape_labels(tmp_path):
     assert all((m == 0).mean() > 0.2 for m in masks)  # background is left around the objects
     image = _read(tmp_path / "scenes" / "img_dir" / "train" / "00000.png")
     assert image.shape == (32, 32, 3)
+
+
+def test_pair_labelled_scenes_name_the_downstream_classes_one_object_each(tmp_path, demo_cfg):
+    cfg = copy.deepcopy(demo_cfg)
+    cfg["demo"]["pairs10"] = {"kind": "segmentation", "classes": 10, "labels": "pair", "objects": [1, 1]}
+    validate_config(cfg)  # more than 8 classes: pairs are not limited to the 8 shape kinds
+    summary = demo.generate(tmp_path / "pairs", kind="segmentation", classes=10, train_per_class=24, val_per_class=6,
+                            image_size=32, seed=3, labels="pair", objects=(1, 1))
+    pairs = [f"{shape}_{texture}" for shape, texture in demo.class_pairs("downstream", 10)]
+    assert list(summary["classes"]) == ["background", *pairs]  # the classification demo's downstream classes
+    assert (tmp_path / "pairs" / "classes.txt").read_text().split() == ["background", *pairs]
+    masks = [_read(p) for p in sorted((tmp_path / "pairs" / "ann_dir").rglob("*.png"))]
+    objects = [set(np.unique(m).tolist()) - {0} for m in masks]
+    assert all(len(found) == 1 for found in objects)  # one object per scene
+    assert len(set().union(*objects)) >= 6 and set().union(*objects) <= set(range(1, 11))
+    assert all(0.2 < (m > 0).mean() < 0.8 for m in masks)  # posed as a classification image's object
+
+
+def test_scene_object_counts_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"objects \[3, 2\]: give the fewest and the most"):
+        demo.generate(tmp_path, kind="segmentation", classes=4, train_per_class=2, val_per_class=1, image_size=32,
+                      seed=0, objects=(3, 2))

@@ -32,7 +32,7 @@ def _demo_config(tmp_path: Path, iterations: int = 6, **protocol) -> Path:
     by the test) and scratch, a small scene set, a few iterations."""
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     raw["results"] = str(tmp_path / "results")
-    raw["demo"]["scenes8"].update(train_per_class=24, val_per_class=6)
+    raw["demo"]["objects8"].update(train_per_class=24, val_per_class=6)
     psp = raw["transfer"]["protocols"]["demo_psp"]
     psp.update(iterations=iterations, checkpoint_every=2, log_every=1, **protocol)
     raw["transfer"]["grids"] = {"seg": {"datasets": ["demo_seg"], "runs": ["scratch", RUN], "seeds": [0],
@@ -50,7 +50,7 @@ def _prepare(cfg_path: Path, student: bool = True) -> dict:
 
     cfg = load_config(cfg_path)
     results = cfg["results"]
-    demo_data("scenes8", cfg["demo"]["scenes8"], paths.demo_dataset(results, "scenes8"))
+    demo_data("objects8", cfg["demo"]["objects8"], paths.demo_dataset(results, "objects8"))
     prepare_dataset(resolve_dataset(cfg, "demo_seg"),
                     {split: paths.dataset_manifest(results, "demo_seg", split) for split in ("train", "test")})
     if student:
@@ -100,10 +100,11 @@ def test_demo_protocol_is_kdep_psp_but_for_image_size_and_iterations():
 
 
 def _raw():
-    """The demo config with a segmentation grid named demo_seg (grid checks only look at grids)."""
+    """The demo config with its demo_seg grid on demo_psp (protocol checks only look at the
+    protocols grids use)."""
     raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    raw["transfer"]["grids"].setdefault("demo_seg", {"datasets": ["demo_seg"], "runs": ["scratch"], "seeds": [0],
-                                                     "protocol": "demo_psp"})
+    raw["transfer"]["grids"]["demo_seg"] = {"datasets": ["demo_seg"], "runs": ["scratch"], "seeds": [0],
+                                            "protocol": "demo_psp"}
     return raw
 
 

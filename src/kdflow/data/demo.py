@@ -11,13 +11,14 @@ Layouts:
 - ``kind: pretrain``: ImageNet style, ``train/<wnid>/<wnid>_<k>.JPEG`` and
   ``val/<wnid>/ILSVRC2012_val_<k>.JPEG`` plus ``LOC_synset_mapping.txt`` (wnid, description).
 - ``kind: downstream``: ``train/<name>/<k>.jpg`` and ``val/<name>/<k>.jpg`` with readable names.
-- ``kind: segmentation``: scenes of 2 or 3 objects (textured shapes, later ones painted over
-  earlier ones) in mmseg's layout (the ``mmseg`` format of kdflow.data.segmentation):
-  ``img_dir/{train,val}/<k>.png`` (lossless), ``ann_dir/{train,val}/<k>.png`` (index masks:
-  0 background, 1..C the object's *shape*, its texture being random) and ``classes.txt``. Here
-  ``classes`` counts shape kinds (at most 8) and ``train_per_class``/``val_per_class`` count
-  images in all, not per class. Pre-training learns the same shapes and textures (as parts of
-  its classes), so a pre-trained backbone genuinely helps to segment them.
+- ``kind: segmentation``: scenes of ``objects`` (fewest, most) textured shapes, later ones
+  painted over earlier ones, in mmseg's layout (the ``mmseg`` format of kdflow.data.segmentation):
+  ``img_dir/{train,val}/<k>.png`` (lossless), ``ann_dir/{train,val}/<k>.png`` (index masks: 0
+  background, 1..C the object's class) and ``classes.txt``. ``labels: shape``: an object's class is
+  its shape (at most 8), its texture random; ``labels: pair``: its (shape, texture) pair from the
+  downstream set's vocabulary, classes that pre-training never saw but whose primitives it learnt
+  (the demo's segmentation set: one object per scene, 8 pairs). ``train_per_class`` and
+  ``val_per_class`` count images in all, not per class.
 
 Each image's randomness comes from ``SeedSequence([seed, split, class, k])`` (a scene's from
 ``[seed, split, k]``): the output depends on the config only, not on generation order.
@@ -151,17 +152,25 @@ def _centres(radii: np.ndarray, size: int, rng: np.random.Generator, tries: int 
     return centres
 
 
-def render_scene(classes: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A ``size`` x ``size`` RGB uint8 scene of 2 or 3 objects on a noisy background (as
-    :func:`render`'s), and its uint8 mask: 0 background, 1 + the shape index (among the first
-    ``classes`` SHAPES) of the object painted last at each pixel. An object's shape is its class;
-    its texture, colour, size (radius 0.18-0.3 of the image) and rotation are random, and objects
-    of one scene have different shapes while there are enough."""
+def render_scene(classes: int, size: int, rng: np.random.Generator, labels: str = "shape",
+                 objects: tuple[int, int] = (2, 3)) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` RGB uint8 scene of ``objects`` (fewest, most) objects on a noisy
+    background (as :func:`render`'s), and its uint8 mask: 0 background, 1 + the class of the object
+    painted last at each pixel. ``labels="shape"``: the class is the shape's index among the first
+    ``classes`` SHAPES, the texture random; ``labels="pair"``: the index of its (shape, texture)
+    among the downstream set's first ``classes`` pairs. Colour and rotation are random; a lone
+    object is posed as :func:`render` poses one (radius 0.3-0.42 of the image, near the centre),
+    several are smaller (radius 0.18-0.3) and of different classes while there are enough."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    count = int(rng.integers(2, 4))
+    count = int(rng.integers(objects[0], objects[1] + 1))
     kinds = rng.choice(classes, size=count, replace=count > classes)
-    radii = rng.uniform(0.18, 0.3, size=count) * size
-    centres = _centres(radii, size, rng)
+    if count == 1:
+        radii = rng.uniform(0.3, 0.42, size=1) * size
+        centres = rng.uniform(0.35, 0.65, size=(1, 2)) * size
+    else:
+        radii = rng.uniform(0.18, 0.3, size=count) * size
+        centres = _centres(radii, size, rng)
+    pairs = class_pairs("downstream", classes) if labels == "pair" else None
 
     bg_value = rng.uniform(0.1, 0.9)
     background = _hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.5), bg_value)
@@ -169,10 +178,12 @@ def render_scene(classes: int, size: int, rng: np.random.Generator) -> tuple[np.
     img[:] = background
     labels = np.zeros((size, size), dtype=np.uint8)
     for kind, radius, (cx, cy) in zip(kinds, radii, centres):
-        mask = _pose(SHAPES[kind], x, y, cx, cy, radius, rng.uniform(0, 2 * np.pi))
+        shape = SHAPES[kind] if pairs is None else pairs[kind][0]
+        mask = _pose(shape, x, y, cx, cy, radius, rng.uniform(0, 2 * np.pi))
         period = int(rng.integers(6, 9))
         ox, oy = rng.integers(0, period, size=2)
-        on = _texture(TEXTURES[int(rng.integers(len(TEXTURES)))], x + ox, y + oy, period)
+        texture = TEXTURES[int(rng.integers(len(TEXTURES)))] if pairs is None else pairs[kind][1]
+        on = _texture(texture, x + ox, y + oy, period)
         fg_value = bg_value + (0.45 if bg_value < 0.5 else -0.45) * rng.uniform(0.8, 1.2)
         foreground = _hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), float(np.clip(fg_value, 0.05, 1.0)))
         img[mask & on] = foreground
@@ -183,14 +194,16 @@ def render_scene(classes: int, size: int, rng: np.random.Generator) -> tuple[np.
 
 
 def generate(out_dir: str | Path, kind: str, classes: int, train_per_class: int,
-             val_per_class: int, image_size: int, seed: int, progress: bool = False) -> dict:
+             val_per_class: int, image_size: int, seed: int, progress: bool = False,
+             labels: str = "shape", objects: tuple[int, int] = (2, 3)) -> dict:
     """Write one demo dataset under ``out_dir``; returns a summary (counts and class list). For
     ``kind: segmentation`` the per-class counts are image counts (see the module's docstring)."""
     from kdflow.io import write_text
 
     out_dir = Path(out_dir)
     if kind == "segmentation":
-        return _generate_scenes(out_dir, classes, train_per_class, val_per_class, image_size, seed, progress)
+        return _generate_scenes(out_dir, classes, train_per_class, val_per_class, image_size, seed, progress,
+                                labels, tuple(objects))
     pairs = class_pairs(kind, classes)
     names = [f"n{1000000 + 1000 * i:08d}" if kind == "pretrain" else f"{s}_{t}"
              for i, (s, t) in enumerate(pairs)]
@@ -217,12 +230,18 @@ def generate(out_dir: str | Path, kind: str, classes: int, train_per_class: int,
 
 
 def _generate_scenes(out_dir: Path, classes: int, train_images: int, val_images: int, image_size: int,
-                     seed: int, progress: bool) -> dict:
+                     seed: int, progress: bool, labels: str, objects: tuple[int, int]) -> dict:
     """The segmentation demo in mmseg's layout (img_dir/, ann_dir/, classes.txt)."""
     from kdflow.io import write_text
 
-    if not 2 <= classes <= len(SHAPES):
-        raise ValueError(f"a segmentation demo has 2 to {len(SHAPES)} classes (the shape kinds), {classes} asked")
+    if labels not in ("shape", "pair"):
+        raise ValueError(f"labels {labels!r}: a segmentation demo's objects are labelled by shape or pair")
+    most = len(SHAPES) if labels == "shape" else MAX_CLASSES
+    if not 2 <= classes <= most:
+        raise ValueError(f"a segmentation demo labelled by {labels} has 2 to {most} classes, {classes} asked")
+    if not 1 <= objects[0] <= objects[1]:
+        raise ValueError(f"objects {list(objects)}: give the fewest and the most objects per scene, "
+                         "1 <= fewest <= most")
     counts = {"train": train_images, "val": val_images}
     jobs = [(split, k) for split in counts for k in range(counts[split])]
     if progress:
@@ -230,13 +249,16 @@ def _generate_scenes(out_dir: Path, classes: int, train_images: int, val_images:
 
         jobs = tqdm(jobs, desc=f"demo {out_dir.name}", unit="img", mininterval=2)
     for split, k in jobs:
-        pixels, labels = render_scene(classes, image_size, _scene_rng(seed, split, k))
-        for folder, array in (("img_dir", pixels), ("ann_dir", labels)):
+        pixels, mask = render_scene(classes, image_size, _scene_rng(seed, split, k), labels, objects)
+        for folder, array in (("img_dir", pixels), ("ann_dir", mask)):
             path = out_dir / folder / split / f"{k:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(path)
-    names = ["background", *SHAPES[:classes]]
+    if labels == "shape":
+        objects_named = {shape: f"{shape} (any texture)" for shape in SHAPES[:classes]}
+    else:
+        objects_named = {f"{shape}_{texture}": f"{shape} {texture}"
+                         for shape, texture in class_pairs("downstream", classes)}
+    names = ["background", *objects_named]
     write_text(out_dir / "classes.txt", "".join(f"{n}\n" for n in names))
-    return {"kind": "segmentation",
-            "classes": {n: "no object" if i == 0 else f"{n} (any texture)" for i, n in enumerate(names)},
-            "images": counts}
+    return {"kind": "segmentation", "classes": {"background": "no object", **objects_named}, "images": counts}

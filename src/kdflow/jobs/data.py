@@ -18,7 +18,8 @@ def demo_data(name: str, spec: dict, out_dir: str | Path) -> dict:
     prov = Provenance("demo_data", name=name, config=spec, seeds={"images": spec["seed"]})
     summary = demo.generate(out_dir, kind=spec["kind"], classes=spec["classes"],
                             train_per_class=spec["train_per_class"], val_per_class=spec["val_per_class"],
-                            image_size=spec["image_size"], seed=spec["seed"], progress=True)
+                            image_size=spec["image_size"], seed=spec["seed"], progress=True,
+                            labels=spec.get("labels", "shape"), objects=tuple(spec.get("objects", (2, 3))))
     prov.write(out_dir / "provenance.json", extra={"summary": summary})
     return summary
 
