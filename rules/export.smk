@@ -24,4 +24,28 @@ rule export_mmseg:
     params:
         identity=run_identity,
     script:
-        "../workflow_scripts/export_mmseg.py"
+        "../workflow_scripts/export.py"
+
+
+rule export_detectron2:
+    input:
+        student=paths.student_weights(R, "{run}"),
+    output:
+        weights=paths.export_weights(R, "{run}", "detectron2"),
+        report=paths.export_report(R, "{run}", "detectron2"),
+        config=paths.export_config(R, "{run}", "detectron2"),
+    log:
+        paths.log_file(R, "export_detectron2", "{run}"),
+    benchmark:
+        paths.benchmark_file(R, "export_detectron2", "{run}")
+    conda:
+        "../envs/kdflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=0,
+    params:
+        identity=run_identity,
+    script:
+        "../workflow_scripts/export.py"

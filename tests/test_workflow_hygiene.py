@@ -166,9 +166,10 @@ def test_slurm_profile_resolves_from_the_root_and_covers_every_gpu_rule():
     assert version >= (2, 7, 1)  # before 2.7.1 a gpu=N job got --ntasks-per-gpu and ran N copies
 
 
-def test_dry_run_with_the_slurm_profile_prints_slurm_resources():
-    out = subprocess.run([tool("snakemake"), "-n", "--profile", "slurm"], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+def test_dry_run_with_the_slurm_profile_prints_slurm_resources(tmp_path):
+    # an empty results root: the repository's own results/ may already hold the demo's outputs
+    out = subprocess.run([tool("snakemake"), "-n", "--profile", "slurm", "--config", f"results={tmp_path}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout + out.stderr
     assert "Using profile slurm" in text

@@ -95,6 +95,19 @@ def export_report(results, run, engine) -> str:
     return _p(export_dir(results, run, engine), "report.json")
 
 
+def export_config(results, run, engine) -> str:
+    """The engine config values an export dictates (detectron2 only)."""
+    return _p(export_dir(results, run, engine), "config.yaml")
+
+
+def export_files(results, run, engine) -> dict[str, str]:
+    """Every file an export writes (its provenance aside), by the rule's output names."""
+    files = {"weights": export_weights(results, run, engine), "report": export_report(results, run, engine)}
+    if engine == "detectron2":
+        files["config"] = export_config(results, run, engine)
+    return files
+
+
 def transfer_dir(results, task, dataset, run, seed) -> str:
     return _p(results, "transfer", task, dataset, run, f"seed{seed}")
 

@@ -118,39 +118,47 @@ def _resnet_name(key: str) -> str:
     return key  # torchvision's names = timm's = mmseg ResNet's; load_strict judges them
 
 
-def to_mmseg_names(arch: str, timm_state_dict: dict[str, torch.Tensor], source: str = "state dict"):
-    """(mapped ``{mmseg name: tensor}``, per-key report) for a timm-named student.
+def rename_student_keys(timm_state_dict: dict[str, torch.Tensor], rename, head: str, engine: str, arch: str,
+                        source: str):
+    """(mapped ``{engine name: tensor}``, per-key report) by ``rename`` (a timm key -> the engine's
+    name, or None for a key it does not know).
 
     Every source key appears in the report once: ``{"source", "target", "shape"}``, plus
-    ``"reason"`` for a dropped key. Only the classifier head is dropped (segmentation has no use
-    for it); any other key the map does not know fails, naming it, rather than vanish.
+    ``"reason"`` for a dropped key. Only the classifier head (keys starting with ``head``) is
+    dropped (a downstream backbone has no use for it); any other key without a name fails,
+    naming it, rather than vanish.
     """
-    family = _family(arch)
-    rename = _resnet_name if family == "resnet" else _mobilenetv2_name
-    head = _CLASSIFIERS[family] + "."
     mapped: dict[str, torch.Tensor] = {}
     report, unknown = [], []
     for key, tensor in timm_state_dict.items():
         entry = {"source": key, "target": None, "shape": list(tensor.shape)}
         if key.startswith(head):
-            entry["reason"] = f"classifier head ({head}*): not part of a segmentation backbone"
+            entry["reason"] = f"classifier head ({head}*): not part of a {engine} backbone"
         else:
             entry["target"] = target = rename(key)
             if target is None:
                 unknown.append(key)
                 continue
             if target in mapped:
-                raise CheckpointError(f"{source}: two keys map to mmseg's {target} (the second: {key})")
+                raise CheckpointError(f"{source}: two keys map to {engine}'s {target} (the second: {key})")
             mapped[target] = tensor
         report.append(entry)
     if unknown:
-        raise CheckpointError(f"{source}: {len(unknown)} key(s) with no mmseg name for a {arch} backbone: "
+        raise CheckpointError(f"{source}: {len(unknown)} key(s) with no {engine} name for a {arch} backbone: "
                               + ", ".join(unknown))
     return mapped, report
 
 
+def to_mmseg_names(arch: str, timm_state_dict: dict[str, torch.Tensor], source: str = "state dict"):
+    """(mapped ``{mmseg name: tensor}``, per-key report) for a timm-named student (see
+    :func:`rename_student_keys`)."""
+    family = _family(arch)
+    rename = _resnet_name if family == "resnet" else _mobilenetv2_name
+    return rename_student_keys(timm_state_dict, rename, _CLASSIFIERS[family] + ".", "mmseg", arch, source)
+
+
 # ----------------------------------------------------------------------------- export
-def _student_arch(weights, path: Path) -> str:
+def student_arch(weights, path: Path) -> str:
     """The student's arch from its metadata; the file must be a kdflow student (timm names, input spec)."""
     meta = weights.metadata
     if weights.naming != "timm" or "arch" not in meta:
@@ -158,8 +166,17 @@ def _student_arch(weights, path: Path) -> str:
                               f"metadata); naming {weights.naming!r}, metadata keys {sorted(meta)}")
     if "input" not in meta:
         raise CheckpointError(f"{path}: its metadata has no 'input' (mean/std/channel_order), which the "
-                              "segmentation job needs to normalise images as the student was trained")
+                              "transfer job needs to normalise images as the student was trained")
     return meta["arch"]
+
+
+def with_student_names(exc: CheckpointError, report: list[dict]) -> CheckpointError:
+    """A strict check's failure, with the student's own names added where the engine's differ."""
+    message = str(exc)
+    renamed = [f"{e['source']} -> {e['target']}" for e in report
+               if e["target"] and e["target"] != e["source"]
+               and re.search(rf"(?<![\w.]){re.escape(e['target'])}(?![\w.])", message)]
+    return CheckpointError(message + "\n  student keys of those names: " + ", ".join(renamed)) if renamed else exc
 
 
 def _load_verified(backbone: nn.Module, mapped: dict, report: list[dict], what: str) -> dict:
@@ -167,13 +184,7 @@ def _load_verified(backbone: nn.Module, mapped: dict, report: list[dict], what: 
     try:
         return load_strict(backbone, mapped, source=what)
     except CheckpointError as exc:
-        message = str(exc)
-        renamed = [f"{e['source']} -> {e['target']}" for e in report
-                   if e["target"] and e["target"] != e["source"]
-                   and re.search(rf"(?<![\w.]){re.escape(e['target'])}(?![\w.])", message)]
-        if not renamed:
-            raise
-        raise CheckpointError(message + "\n  student keys of those names: " + ", ".join(renamed)) from exc
+        raise with_student_names(exc, report) from exc
 
 
 def _check_readback(path: Path, expected: dict[str, torch.Tensor], final: Path) -> None:
@@ -190,7 +201,21 @@ def _check_readback(path: Path, expected: dict[str, torch.Tensor], final: Path) 
         raise CheckpointError(f"{final}: tensors differ after reading back: {', '.join(changed)}")
 
 
-def _discard(*paths: Path) -> None:
+def report_head(engine: str, student_path: Path, weights, arch: str, keys: list[dict]) -> dict:
+    """What every export's report starts with: the student file, its input spec, the key fates."""
+    return {
+        "engine": engine,
+        "source": {"path": str(student_path), "sha256": sha256_file(student_path)},
+        "arch": arch,
+        "input": weights.metadata["input"],
+        "student_config_hash": weights.metadata.get("config_hash"),
+        "counts": {"source": len(keys), "mapped": sum(1 for e in keys if e["target"] is not None),
+                   "dropped": sum(1 for e in keys if e["target"] is None)},
+        "keys": keys,
+    }
+
+
+def discard(*paths: Path) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
 
@@ -203,25 +228,18 @@ def export_mmseg(student_path, out_path, report_path) -> dict:
     left, not even from an earlier export: it would pass for this student's.
     """
     student_path, out_path, report_path = Path(student_path), Path(out_path), Path(report_path)
-    _discard(out_path, report_path)
+    discard(out_path, report_path)
     weights = read_weights(student_path)
-    arch = _student_arch(weights, student_path)
+    arch = student_arch(weights, student_path)
     mapped, keys = to_mmseg_names(arch, weights.state_dict, source=str(student_path))
     config = backbone_config(arch)
     backbone = build_backbone(config)
     loaded = _load_verified(backbone, mapped, keys, f"{student_path} (as mmseg {config['type']})")
     ordered = {k: mapped[k].detach().cpu().contiguous() for k in backbone.state_dict()}
     report = {
-        "engine": "mmseg",
-        "source": {"path": str(student_path), "sha256": sha256_file(student_path)},
-        "arch": arch,
-        "input": weights.metadata["input"],
-        "student_config_hash": weights.metadata.get("config_hash"),
+        **report_head("mmseg", student_path, weights, arch, keys),
         "backbone": config,
         "channels": backbone_channels(arch),
-        "counts": {"source": len(keys), "mapped": len(mapped),
-                   "dropped": sum(1 for e in keys if e["target"] is None)},
-        "keys": keys,
         "verification": {"strict": True, "loaded": loaded["loaded"], "weights_only_readback": True},
     }
     try:
@@ -231,7 +249,7 @@ def export_mmseg(student_path, out_path, report_path) -> dict:
             report["output"] = {"path": str(out_path), "sha256": sha256_file(tmp)}
         write_json(report_path, report)
     except BaseException:
-        _discard(out_path, report_path)
+        discard(out_path, report_path)
         raise
     return report
 

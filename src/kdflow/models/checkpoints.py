@@ -151,18 +151,16 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
-def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str,
-                allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = ()) -> dict:
-    """Load ``sd`` into ``module``; fail naming every key that does not match, unless allowed.
-
-    Returns the accounting ``{"loaded": n, "missing": [...], "unexpected": [...]}`` (allowed ones).
-    """
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
+def check_strict(own: dict[str, tuple], theirs: dict[str, tuple], source: str,
+                 allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = ()) -> dict:
+    """Compare names and shapes (``{name: shape}`` of the model, ``own``, and of the weights,
+    ``theirs``); fail naming every key that does not match, unless allowed. Returns the accounting
+    ``{"loaded": n, "missing": [...], "unexpected": [...]}`` (allowed ones)."""
+    missing = sorted(k for k in own if k not in theirs)
+    unexpected = sorted(k for k in theirs if k not in own)
     mismatched = sorted(
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own if k in sd and sd[k].shape != own[k].shape
+        f"{k}: file {tuple(theirs[k])} vs model {tuple(own[k])}"
+        for k in own if k in theirs and tuple(theirs[k]) != tuple(own[k])
     )
     bad_missing = [k for k in missing if not _matches(k, allow_missing)]
     bad_unexpected = [k for k in unexpected if not _matches(k, allow_unexpected)]
@@ -176,8 +174,20 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str,
             parts.append(f"shape mismatches ({len(mismatched)}): " + ", ".join(mismatched))
         parts.append("(allow specific keys with allow_missing / allow_unexpected patterns)")
         raise CheckpointError("\n  ".join(parts))
-    module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return {"loaded": len(own) - len(missing), "missing": missing, "unexpected": unexpected}
+
+
+def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str,
+                allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = ()) -> dict:
+    """Load ``sd`` into ``module``; fail naming every key that does not match, unless allowed.
+
+    Returns the accounting ``{"loaded": n, "missing": [...], "unexpected": [...]}`` (allowed ones).
+    """
+    own = module.state_dict()
+    counts = check_strict({k: tuple(v.shape) for k, v in own.items()}, {k: tuple(v.shape) for k, v in sd.items()},
+                          source, allow_missing, allow_unexpected)
+    module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return counts
 
 
 def save_weights(path: str | Path, sd: dict[str, torch.Tensor], metadata: dict) -> Path:
