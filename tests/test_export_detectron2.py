@@ -47,7 +47,7 @@ def students(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("arch", RESNETS)
+@pytest.mark.parametrize("arch", (*RESNETS, "resnet34", "resnet101"))
 def test_export_has_detectron2s_names_and_shapes_and_the_students_tensors(tmp_path, students, arch):
     sd, student = students(arch)
     report = export_detectron2(student, *_outputs(tmp_path))
