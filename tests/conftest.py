@@ -98,3 +98,30 @@ def network_with_bn_statistics(arch: str):
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
     return net.eval()
+
+
+def save_student(path, arch: str, sd: dict, input_spec: dict | None = None) -> str:
+    """``sd`` written as a kdflow student file of ``arch`` (timm names, input spec in the metadata)."""
+    from kdflow.models.checkpoints import save_weights
+    from kdflow.models.network import InputSpec
+
+    metadata = {"kind": "student", "arch": arch, "naming": "timm", "input": input_spec or InputSpec().as_dict(),
+                "channel_order": "RGB", "config_hash": "0" * 64}
+    save_weights(path, sd, metadata)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory):
+    """``students(arch)`` -> (network with BatchNorm statistics, path of its student.safetensors),
+    made once per arch and module."""
+    made = {}
+
+    def get(arch: str):
+        if arch not in made:
+            net = network_with_bn_statistics(arch)
+            path = tmp_path_factory.mktemp(arch) / "student.safetensors"
+            made[arch] = net, save_student(path, arch, net.backbone_state_dict())
+        return made[arch]
+
+    return get

@@ -11,21 +11,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import network_with_bn_statistics
+from conftest import save_student
 from kdflow.export.detectron2 import export_detectron2, recorded_parameters, to_detectron2_names
 from kdflow.io import read_json
-from kdflow.models.checkpoints import CheckpointError, save_weights
-from kdflow.models.network import InputSpec
+from kdflow.models.checkpoints import CheckpointError
 
 RESNETS = ("resnet18", "resnet50")
 BGR_CAFFE = {"mean": [0.4062, 0.4579, 0.4853], "std": [1 / 255, 1 / 255, 1 / 255], "channel_order": "BGR"}
-
-
-def _save(path, arch: str, sd: dict, input_spec: dict | None = None) -> str:
-    metadata = {"kind": "student", "arch": arch, "naming": "timm", "input": input_spec or InputSpec().as_dict(),
-                "config_hash": "0" * 64}
-    save_weights(path, sd, metadata)
-    return str(path)
 
 
 def _outputs(tmp_path):
@@ -33,23 +25,10 @@ def _outputs(tmp_path):
     return out / "model.pkl", out / "report.json", out / "config.yaml"
 
 
-@pytest.fixture(scope="module")
-def students(tmp_path_factory):
-    made = {}
-
-    def get(arch: str):
-        if arch not in made:
-            net = network_with_bn_statistics(arch)
-            path = tmp_path_factory.mktemp(arch) / "student.safetensors"
-            made[arch] = net.backbone_state_dict(), _save(path, arch, net.backbone_state_dict())
-        return made[arch]
-
-    return get
-
-
 @pytest.mark.parametrize("arch", (*RESNETS, "resnet34", "resnet101"))
 def test_export_has_detectron2s_names_and_shapes_and_the_students_tensors(tmp_path, students, arch):
-    sd, student = students(arch)
+    net, student = students(arch)
+    sd = net.backbone_state_dict()
     report = export_detectron2(student, *_outputs(tmp_path))
     with open(_outputs(tmp_path)[0], "rb") as fh:
         written = pickle.load(fh)
@@ -71,13 +50,14 @@ def test_export_has_detectron2s_names_and_shapes_and_the_students_tensors(tmp_pa
 
 
 def test_config_yaml_follows_the_students_input_spec(tmp_path, students):
-    sd, student = students("resnet18")
+    _, student = students("resnet18")
     export_detectron2(student, *_outputs(tmp_path / "rgb"))
     rgb = yaml.safe_load(_outputs(tmp_path / "rgb")[2].read_text())
     assert rgb == {"MODEL": {"PIXEL_MEAN": [123.675, 116.28, 103.53], "PIXEL_STD": [58.395, 57.12, 57.375],
                              "RESNETS": {"DEPTH": 18, "STRIDE_IN_1X1": False, "RES2_OUT_CHANNELS": 64}},
                    "INPUT": {"FORMAT": "RGB"}}
-    bgr = _save(tmp_path / "bgr.safetensors", "resnet50", students("resnet50")[0], BGR_CAFFE)
+    bgr = save_student(tmp_path / "bgr.safetensors", "resnet50", students("resnet50")[0].backbone_state_dict(),
+                       BGR_CAFFE)
     export_detectron2(bgr, *_outputs(tmp_path / "bgr"))
     config = yaml.safe_load(_outputs(tmp_path / "bgr")[2].read_text())
     assert config["INPUT"]["FORMAT"] == "BGR"
@@ -89,15 +69,14 @@ def test_config_yaml_follows_the_students_input_spec(tmp_path, students):
 
 @pytest.mark.parametrize("fault", ["renamed", "wrong_shape"])
 def test_a_key_that_does_not_match_fails_naming_it_and_leaves_no_file(tmp_path, students, fault):
-    sd, _ = students("resnet18")
-    sd = dict(sd)
+    sd = dict(students("resnet18")[0].backbone_state_dict())
     if fault == "renamed":
         sd["layer3.1.bn9.weight"] = sd.pop("layer3.1.bn2.weight")
         expected = "layer3.1.bn9.weight"
     else:
         sd["layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
         expected = r"res3.0.conv1.weight: file \(128, 64, 1, 1\) vs model \(128, 64, 3, 3\)"
-    student = _save(tmp_path / "student.safetensors", "resnet18", sd)
+    student = save_student(tmp_path / "student.safetensors", "resnet18", sd)
     outputs = _outputs(tmp_path)
     outputs[0].parent.mkdir()
     outputs[0].write_bytes(b"an earlier export")  # must not survive as if it were this student's

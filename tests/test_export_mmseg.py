@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import network_with_bn_statistics
+from conftest import save_student
 from kdflow.export.mmseg import (backbone_channels, backbone_config, build_backbone, export_mmseg,
                                   load_exported_backbone, to_mmseg_names)
 from kdflow.io import read_json, sha256_file
-from kdflow.models.checkpoints import CheckpointError, load_strict, read_weights, save_weights
-from kdflow.models.network import InputSpec, Network
+from kdflow.models.checkpoints import CheckpointError, load_strict, read_weights
+from kdflow.models.network import InputSpec
 
 ARCHS = ("resnet18", "resnet50", "mobilenetv2_100")
 DILATED = dict(strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4))
@@ -27,36 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _student(arch: str) -> Network:
-    """A random student with non-trivial BatchNorm statistics (see conftest)."""
-    return network_with_bn_statistics(arch)
-
-
-def _metadata(arch: str) -> dict:
-    return {"kind": "student", "arch": arch, "naming": "timm", "input": InputSpec().as_dict(),
-            "channel_order": "RGB", "config_hash": "0" * 64}
-
-
-def _save(path, arch: str, sd: dict) -> str:
-    save_weights(path, sd, _metadata(arch))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def students(tmp_path_factory):
-    """``students(arch)`` -> (network, path of its student.safetensors), made once per arch."""
-    made = {}
-
-    def get(arch: str):
-        if arch not in made:
-            net = _student(arch)
-            path = tmp_path_factory.mktemp(arch) / "student.safetensors"
-            made[arch] = net, _save(path, arch, net.backbone_state_dict())
-        return made[arch]
-
-    return get
 
 
 def _built(config: dict) -> nn.Module:
@@ -130,7 +100,7 @@ def test_renamed_key_fails_naming_it_and_leaves_no_output(tmp_path, students):
     _, student_path = students("resnet18")
     sd = dict(read_weights(student_path).state_dict)
     sd["layer1.0.convX.weight"] = sd.pop("layer1.0.conv1.weight")
-    bad = _save(tmp_path / "renamed.safetensors", "resnet18", sd)
+    bad = save_student(tmp_path / "renamed.safetensors", "resnet18", sd)
     out, report_path = _outputs(tmp_path)
     out.parent.mkdir()
     out.write_bytes(b"an earlier export")  # must not survive as this student's export
@@ -146,7 +116,7 @@ def test_wrong_shape_fails_naming_the_key_and_leaves_no_output(tmp_path, student
     _, student_path = students("resnet18")
     sd = dict(read_weights(student_path).state_dict)
     sd["layer4.1.bn2.weight"] = torch.ones(7)
-    bad = _save(tmp_path / "shape.safetensors", "resnet18", sd)
+    bad = save_student(tmp_path / "shape.safetensors", "resnet18", sd)
     out, report_path = _outputs(tmp_path)
     with pytest.raises(CheckpointError, match=r"layer4\.1\.bn2\.weight"):
         export_mmseg(bad, out, report_path)
@@ -157,14 +127,14 @@ def test_mobilenetv2_failures_name_the_students_keys(tmp_path, students):
     _, student_path = students("mobilenetv2_100")
     out, report_path = _outputs(tmp_path)
     sd = dict(read_weights(student_path).state_dict)
-    unknown = _save(tmp_path / "unknown.safetensors", "mobilenetv2_100",
+    unknown = save_student(tmp_path / "unknown.safetensors", "mobilenetv2_100",
                     {**sd, "blocks.2.1.conv_extra.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match=r"blocks\.2\.1\.conv_extra\.weight"):
         export_mmseg(unknown, out, report_path)
     assert not out.exists() and not report_path.exists()
 
     sd["blocks.6.0.bn3.bias"] = torch.zeros(5)
-    shape = _save(tmp_path / "shape.safetensors", "mobilenetv2_100", sd)
+    shape = save_student(tmp_path / "shape.safetensors", "mobilenetv2_100", sd)
     with pytest.raises(CheckpointError, match=r"layer7\.0\.conv\.2\.bn\.bias") as failure:
         export_mmseg(shape, out, report_path)
     assert "blocks.6.0.bn3.bias" in str(failure.value)
