@@ -201,12 +201,16 @@ def run_identity(wildcards):
 # ---------------------------------------------------------------- transfer
 def transfer_inputs(task):
     """The input function of a task's transfer rule: the dataset's manifests and the pre-trained
-    student, converted by the task's export stage where it has one (none for scratch runs)."""
+    student, converted by the export stage of the task (or of the protocol's engine) where it has
+    one (none for scratch runs)."""
 
     def inputs(wildcards):
         found = prepared(wildcards.dataset)
         if METHODS[wildcards.run].student != "none":
-            export = TASKS[task].export
+            protocol = kcfg.protocol_for(
+                CFG, task, wildcards.dataset, wildcards.run, wildcards.seed
+            )
+            export = TASKS[task].export_for(CFG["transfer"]["protocols"][protocol])
             found["student"] = (
                 paths.export_weights(R, wildcards.run, export)
                 if export

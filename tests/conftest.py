@@ -125,3 +125,21 @@ def students(tmp_path_factory):
         return made[arch]
 
     return get
+
+
+def stop_with_sigterm(cmd: list[str], env: dict, log: Path, ready, timeout: float = 300) -> str:
+    """Start the job ``cmd`` with its output in ``log``, send it SIGTERM once ``ready(log text)`` is
+    true, and return the log after it exited (non-zero: it stopped rather than finished)."""
+    import signal
+    import subprocess
+    import time
+
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while not ready(log.read_text()) and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=timeout) != 0, log.read_text()[-3000:]
+    return log.read_text()

@@ -86,8 +86,9 @@ def test_a_key_that_does_not_match_fails_naming_it_and_leaves_no_file(tmp_path, 
 
 
 def test_mapping_refuses_an_architecture_without_a_detectron2_backbone():
-    with pytest.raises(ValueError, match="no detectron2 export for student arch 'mobilenetv2_100'"):
-        to_detectron2_names("mobilenetv2_100", {})
+    """Not a ResNet, and no feature maps at strides 4-32 for kdflow's backbone (a ViT)."""
+    with pytest.raises(ValueError, match="no detectron2 export for student arch 'vit_tiny_patch16_224'"):
+        to_detectron2_names("vit_tiny_patch16_224", {})
 
 
 @pytest.mark.parametrize("arch", RESNETS)

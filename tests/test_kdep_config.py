@@ -25,7 +25,8 @@ def test_paper_grid_job_counts():
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = planned_jobs(out.stdout + out.stderr)
     assert jobs == {
-        "prepare_dataset": 8,  # ImageNet, CIFAR-100, DTD, Caltech-256, CUB-200, Cityscapes, VOC-aug, ADE20K
+        "prepare_dataset": 10,  # ImageNet, CIFAR-100, DTD, Caltech-256, CUB-200, Cityscapes, VOC-aug, ADE20K,
+        # COCO, VOC 07+12
         "imagenet_subset": 2,  # 10 % (128 per class) and 100 %
         "teacher": 2,  # MS-R50, SP-R50
         "teacher_eval": 2,
@@ -34,7 +35,9 @@ def test_paper_grid_job_counts():
         "transfer_cls": 9 * 4 * 2,  # (5 KDEP + 2 supervised + 2 scratch) x 4 datasets x 2 seeds
         "export_mmseg": 7,  # every run with a student
         "transfer_seg": 9 * 3 * 2,  # the same 9 runs x Cityscapes, VOC-aug, ADE20K x 2 seeds
-        "tables": 2,  # classification, segmentation
+        "export_detectron2": 7,  # every run with a student: ResNet-18 to detectron2's ResNet, MobileNetV2 to kdflow's
+        "transfer_det": 9 * 2 * 2,  # the same 9 runs x COCO, VOC 07+12 x 2 seeds (detectron2: R18-C4, MNv2-FPN)
+        "tables": 3,  # classification, segmentation, detection
         "all": 1,
     }
     text = out.stdout + out.stderr
@@ -42,6 +45,8 @@ def test_paper_grid_job_counts():
     assert "imgnet_full.safetensors" not in text  # the 100 % runs reuse the 10 % SVD, as KDEP does
     assert "results/pretrain/kdep_msr50_mnv2_in128k/export/mmseg/backbone.pth" in text
     assert "results/transfer/segmentation/voc_aug/scratch_r18/seed1/metrics.json" in text
+    assert "results/transfer/detection/coco/kdep_msr50_mnv2_infull/seed1/metrics.json" in text
+    assert "results/pretrain/kdep_msr50_mnv2_infull/export/detectron2/model.pkl" in text
 
 
 def test_unfilled_paths_are_all_named():
@@ -52,6 +57,7 @@ def test_unfilled_paths_are_all_named():
         "config.datasets.imagenet.root", "config.datasets.cifar100.root", "config.datasets.dtd.root",
         "config.datasets.caltech256.root", "config.datasets.cub200.root", "config.datasets.cityscapes.root",
         "config.datasets.voc_aug.root", "config.datasets.voc_aug.sbd_root", "config.datasets.ade20k.root",
+        "config.datasets.coco.root", "config.datasets.voc_det.root",
         "config.teachers.ms_r50.checkpoint.path", "config.teachers.sp_r50.checkpoint.path",
     ])
     assert "allow_placeholders=True" in out.stdout + out.stderr

@@ -34,8 +34,8 @@ def test_a_grid_whose_task_disagrees_with_its_protocol_is_refused():
     with pytest.raises(ConfigError, match=r"grids.demo_cls.task: 'segmentation', but protocol 'demo_ft' is a "
                                           r"'classification' protocol"):
         validate_config(cfg)
-    cfg["transfer"]["grids"]["demo_cls"]["task"] = "detection"
-    with pytest.raises(ConfigError, match=r"grids.demo_cls.task: 'detection' is not one of"):
+    cfg["transfer"]["grids"]["demo_cls"]["task"] = "keypoints"
+    with pytest.raises(ConfigError, match=r"grids.demo_cls.task: 'keypoints' is not one of"):
         validate_config(cfg)
 
 

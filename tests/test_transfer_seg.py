@@ -8,17 +8,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, stop_with_sigterm
 from kdflow import paths
 from kdflow.config import ConfigError, load_config, resolve_dataset, validate_config
 from kdflow.jobs.data import demo_data, prepare_dataset
@@ -230,16 +228,7 @@ def test_a_sigtermed_job_resumes_from_its_saved_iteration(tmp_path):
     cfg = _prepare(cfg_path, student=False)
     state = Path(paths.state_dir(cfg["results"], "transfer", "segmentation", "demo_seg", "scratch", "seed0"))
     cmd, env = _script("--config", str(cfg_path), "--dataset", "demo_seg", "--run-id", "scratch", "--seed", "0")
-    log = tmp_path / "first.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while "Saving checkpoint at 2 iterations" not in log.read_text() and time.time() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=300) != 0
-    text = log.read_text()
+    text = stop_with_sigterm(cmd, env, tmp_path / "first.log", lambda log: "Saving checkpoint at 2 iterations" in log)
     assert "Interrupted: stopped by SIGTERM after iteration" in text
     stopped_at = int(text.split("stopped by SIGTERM after iteration ")[1].split(";")[0])
     assert 2 <= stopped_at < 12

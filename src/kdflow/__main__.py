@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 
@@ -30,7 +29,9 @@ def doctor(_args) -> int:
 
     ops = compiled_ops_available()  # asked before import_mmseg may install the stand-in
     print(f"{'mmcv compiled ops':34s} {'yes' if ops else 'no (mmcv-lite: heads needing them are refused)'}")
-    engines = {"mmseg": import_mmseg, "detectron2": lambda: importlib.import_module("detectron2")}
+    from kdflow.transfer.detection.detectron2_engine import require_detectron2
+
+    engines = {"mmseg": import_mmseg, "detectron2 (with its compiled ops)": require_detectron2}
     for name, load in engines.items():
         try:
             load()

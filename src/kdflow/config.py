@@ -309,14 +309,43 @@ def _compiled_ops_errors(name: str, protocol: dict | None) -> list[str]:
             f"this install lacks (mmcv-lite); {BUILD_HINT}"]
 
 
+def _det_engine_errors(name: str, protocol: dict | None, cfg: dict, runs: list[str]) -> list[str]:
+    """Detection protocol keys that only the detectron2 engine reads, and heads a student lacks."""
+    if not protocol or protocol.get("task") != "detection":
+        return []
+    where = f"config.transfer.protocols.{name}"
+    problems = []
+    if protocol["engine"] != "detectron2":
+        if "solver" in protocol:
+            problems.append(f"{where}.solver: only engine detectron2 reads a solver block (engine "
+                            f"{protocol['engine']!r} trains for training.epochs)")
+        if protocol["model"]["head"] != "fpn":
+            problems.append(f"{where}.model.head: {protocol['model']['head']!r} is detectron2's; engine "
+                            f"{protocol['engine']!r} builds the FPN head only")
+    elif protocol["model"]["head"] == "c4":
+        from kdflow.export.mmseg import RESNET_DEPTHS
+
+        for run in runs:
+            student = cfg["pretrain"].get(run, {}).get("student")
+            arch = cfg["students"].get(student, {}).get("arch") if isinstance(student, str) else None
+            if arch and arch not in RESNET_DEPTHS:
+                problems.append(f"{where}.model.head: c4 is detectron2's ResNet C4 head; run {run!r} has student "
+                                f"arch {arch!r} (use head: fpn)")
+    if protocol["engine"] == "detectron2" and protocol["training"]["optim"]["name"] != "sgd":
+        problems.append(f"{where}.training.optim.name: engine detectron2 trains with SGD, not "
+                        f"{protocol['training']['optim']['name']!r}")
+    return problems
+
+
 def _demo_format_errors(cfg: dict) -> list[str]:
-    """A demo segmentation set is read in mmseg's layout; the other demo kinds as ImageFolders."""
+    """A demo segmentation set is read in mmseg's layout, a detection set in COCO's; the other demo
+    kinds as ImageFolders."""
     problems = []
     for name, ds in cfg["datasets"].items():
         demo = cfg["demo"].get(ds.get("demo"))
         if demo is None:
             continue
-        wanted = "mmseg" if demo["kind"] == "segmentation" else "imagefolder"
+        wanted = {"segmentation": "mmseg", "detection": "coco"}.get(demo["kind"], "imagefolder")
         if ds["format"] != wanted:
             problems.append(f"config.datasets.{name}.format: demo {ds['demo']!r} is a {demo['kind']} set, "
                             f"read with format {wanted!r}, not {ds['format']!r}")
@@ -353,6 +382,7 @@ def _transfer_errors(cfg: dict) -> list[str]:
             _check_ref(problems, f"{where}.runs[{i}]", run, "pretrain", cfg, "pretrain run")
         task = protocol["task"] if protocol is not None else None
         problems += _compiled_ops_errors(grid["protocol"], protocol)
+        problems += _det_engine_errors(grid["protocol"], protocol, cfg, grid["runs"])
         for i, ds in enumerate(grid["datasets"]):
             entry = cfg["datasets"].get(ds)
             if task in TASKS and entry is not None and dataset_kind(entry) != TASKS[task].dataset_kind:
@@ -657,6 +687,7 @@ def is_placeholder(value: Any) -> bool:
 def check_dataset_roots(cfg: dict, names) -> None:
     """Fail before any job starts if a user dataset folder (or one of its splits, or a folder or
     index file a segmentation format needs), or the folder of imported FKD soft labels, is missing."""
+    from kdflow.data.detection import DETECTION_FORMATS, det_layout_problems
     from kdflow.data.segmentation import SEGMENTATION_FORMATS, seg_layout_problems
 
     problems = []
@@ -670,6 +701,8 @@ def check_dataset_roots(cfg: dict, names) -> None:
             continue
         if ds["format"] in SEGMENTATION_FORMATS:
             problems += seg_layout_problems(ds, name, unfilled=is_placeholder)
+        if ds["format"] in DETECTION_FORMATS:
+            problems += det_layout_problems(ds, name)
         for key in ("train_split", "val_split") if ds["format"] == "imagefolder" else ():
             if not (root / ds[key]).is_dir():
                 problems.append(f"config.datasets.{name}.{key}: folder {root / ds[key]} does not exist")

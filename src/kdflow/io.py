@@ -102,3 +102,36 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- engine CSV logs
+# An engine's per-iteration log grows by one appended row at a time (rewriting it atomically per
+# row would cost O(rows) per row); a resumed job first drops the rows written after the state it
+# resumes from, so the log reads as one uninterrupted run.
+def append_csv_row(path: str | os.PathLike, fields: list[str], row: dict) -> None:
+    """Append ``row`` (keys outside ``fields`` ignored) to the CSV at ``path``, header first."""
+    import csv
+
+    path = Path(path)
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def keep_csv_rows_through(path: str | os.PathLike, fields: list[str], iteration: int) -> None:
+    """Drop the rows of the CSV at ``path`` whose ``iteration`` is past ``iteration``."""
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [row for row in csv.DictReader(fh) if int(row["iteration"]) <= iteration]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -24,8 +24,13 @@ class Task:
     protocol_schema: str  # $defs entry of the protocol's schema branch
     metric: str  # the main metric, shown by the task's table
     builtin_protocols: dict = field(default_factory=dict)
-    dataset_kind: str = "classification"  # the kind of dataset its grids may name (DATASET_KINDS)
+    dataset_kind: str = "classification"  # the kind of dataset its grids may name (see dataset_kind)
     export: str | None = None  # the export stage its jobs read the student from (None: the student file)
+    engine_exports: dict = field(default_factory=dict)  # per protocol ``engine``: overrides ``export``
+
+    def export_for(self, protocol: dict) -> str | None:
+        """The export stage a job of this task under ``protocol`` reads the student from."""
+        return self.engine_exports.get(protocol.get("engine"), self.export)
 
 
 # KDEP's classification transfer protocol (methods.md 1.8): full fine-tuning, SGD 0.9, wd 5e-4,
@@ -89,11 +94,57 @@ BUILTIN_SEG_PROTOCOLS = {
                         "eval": {**_KDEP_PSP["eval"], "long_side": 512}, "arch_overrides": _MNV2_LR_001},
 }
 
+# Detection with the torchvision engine on KDEP's datasets: Faster R-CNN + FPN, SGD lr 0.02,
+# momentum 0.9, wd 1e-4, batch 16, SyncBN, flips, KDEP's multi-scale sizes and test size 800
+# (methods.md 1.8). KDEP's schedules are detectron2 iterations at batch 16; in epochs:
+#   COCO 2017 train (118287 images): 90k iterations = 12.17 epochs -> 12; steps 60k/80k = 8.1/10.8
+#     -> 8, 11; warm-up 1000 iterations = 0.135 epochs; short side 640-800 (step 32)
+#   VOC 07+12 trainval (16551 images): 18k = 17.4 epochs -> 17; steps 12k/16k = 11.6/15.5;
+#     warm-up 100 iterations = 0.097 epochs; short side 480-800 (step 32)
+_TV_FRCNN = {
+    "task": "detection",
+    "engine": "torchvision",
+    "training": {"epochs": 12, "batch_size": 16, "optim": {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.0001},
+                 "schedule": {"name": "multistep", "milestones": [8.1, 10.8], "gamma": 0.1, "warmup_epochs": 0.135}},
+    "model": {"norm": "sync_bn", "train_sizes": list(range(640, 801, 32)), "test_size": 800},
+}
+# KDEP's own detection protocols on the detectron2 engine (methods.md 1.8): its iterations exactly
+# (COCO 1x: 90k, steps 60k/80k, detectron2's 1000-iteration warm-up; VOC: 18k, steps 12k/16k,
+# warm-up 100), batch 16, lr 0.02, SyncBN (never frozen), short sides 640-800 / 480-800, test 800.
+# KDEP ran ResNet-18 with the C4 head and MobileNetV2 with FPN; both heads exist for ResNets.
+# kdflow's decay_norm_and_bias false stands for detectron2's default of no decay on norms.
+_D2_FRCNN = {
+    "task": "detection",
+    "engine": "detectron2",
+    "training": {"batch_size": 16, "optim": {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.0001,
+                                             "decay_norm_and_bias": False},
+                 "schedule": {"name": "multistep", "milestones": [8.1, 10.8], "gamma": 0.1}},
+    "solver": {"max_iter": 90000, "steps": [60000, 80000], "warmup_iters": 1000},
+    "model": {"norm": "sync_bn", "train_sizes": list(range(640, 801, 32)), "test_size": 800},
+}
+_D2_FRCNN_VOC = {**_D2_FRCNN, "solver": {"max_iter": 18000, "steps": [12000, 16000], "warmup_iters": 100},
+                 "model": {**_D2_FRCNN["model"], "train_sizes": list(range(480, 801, 32))}}
+BUILTIN_DET_PROTOCOLS = {
+    "kdep_frcnn_fpn_coco": _D2_FRCNN,
+    "kdep_frcnn_fpn_voc": _D2_FRCNN_VOC,
+    "kdep_frcnn_c4_coco": {**_D2_FRCNN, "model": {**_D2_FRCNN["model"], "head": "c4"}},
+    "kdep_frcnn_c4_voc": {**_D2_FRCNN_VOC, "model": {**_D2_FRCNN_VOC["model"], "head": "c4"}},
+    "tv_frcnn_fpn_coco": _TV_FRCNN,
+    "tv_frcnn_fpn_voc": {**_TV_FRCNN,
+                         "training": {**_TV_FRCNN["training"], "epochs": 17,
+                                      "schedule": {"name": "multistep", "milestones": [11.6, 15.5], "gamma": 0.1,
+                                                   "warmup_epochs": 0.097}},
+                         "model": {**_TV_FRCNN["model"], "train_sizes": list(range(480, 801, 32))}},
+}
+
 TASKS: dict[str, Task] = {
     "classification": Task("classification", rule="transfer_cls", protocol_schema="cls_protocol", metric="top1",
                            builtin_protocols=BUILTIN_CLS_PROTOCOLS),
     "segmentation": Task("segmentation", rule="transfer_seg", protocol_schema="seg_protocol", metric="mIoU",
                          builtin_protocols=BUILTIN_SEG_PROTOCOLS, dataset_kind="segmentation", export="mmseg"),
+    "detection": Task("detection", rule="transfer_det", protocol_schema="det_protocol", metric="AP",
+                      builtin_protocols=BUILTIN_DET_PROTOCOLS, dataset_kind="detection",
+                      engine_exports={"torchvision": None, "detectron2": "detectron2"}),
 }
 
 # Decode heads built from mmcv ops that need its compiled extension (CCNet's criss-cross
@@ -101,12 +152,15 @@ TASKS: dict[str, Task] = {
 HEADS_NEEDING_COMPILED_OPS = ("cc",)
 
 # The kind of data each dataset format holds (a grid of a task names datasets of its kind only).
+from kdflow.data.detection import DETECTION_FORMATS  # noqa: E402  (torch-free)
 from kdflow.data.segmentation import SEGMENTATION_FORMATS  # noqa: E402  (torch-free)
 
 
 def dataset_kind(entry: dict) -> str:
-    """``segmentation`` or ``classification``, from a dataset entry's format (or its demo's kind)."""
-    return "segmentation" if entry.get("format") in SEGMENTATION_FORMATS else "classification"
+    """``segmentation``, ``detection`` or ``classification``, from a dataset entry's format."""
+    if entry.get("format") in SEGMENTATION_FORMATS:
+        return "segmentation"
+    return "detection" if entry.get("format") in DETECTION_FORMATS else "classification"
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -19,6 +19,11 @@ Layouts:
   downstream set's vocabulary, classes that pre-training never saw but whose primitives it learnt
   (the demo's segmentation set: one object per scene, 8 pairs). ``train_per_class`` and
   ``val_per_class`` count images in all, not per class.
+- ``kind: detection``: scenes of ``objects`` textured shapes labelled by their downstream
+  (shape, texture) pair, at the pre-training scale when ``image_size`` is twice the pre-training
+  size, in COCO's layout (the ``coco`` format of kdflow.data.detection): ``{train,val}/<k>.png``
+  and ``annotations/instances_{train,val}.json`` (each object's tight box). Image counts in all,
+  as for segmentation.
 
 Each image's randomness comes from ``SeedSequence([seed, split, class, k])`` (a scene's from
 ``[seed, split, k]``): the output depends on the config only, not on generation order.
@@ -161,14 +166,42 @@ def render_scene(classes: int, size: int, rng: np.random.Generator, labels: str 
     among the downstream set's first ``classes`` pairs. Colour and rotation are random; a lone
     object is posed as :func:`render` poses one (radius 0.3-0.42 of the image, near the centre),
     several are smaller (radius 0.18-0.3) and of different classes while there are enough."""
+    pixels, painted = _paint_scene(classes, size, rng, labels, objects, radius_range=(0.18, 0.3))
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for kind, shape_mask in painted:
+        mask[shape_mask] = kind + 1
+    return pixels, mask
+
+
+def render_detection_scene(classes: int, size: int, rng: np.random.Generator,
+                           objects: tuple[int, int] = (2, 3)) -> tuple[np.ndarray, list[tuple]]:
+    """A scene of ``objects`` (fewest, most) textured shapes labelled by their (shape, texture)
+    pair among the downstream set's first ``classes`` pairs, and its boxes ``(x, y, w, h, class)``:
+    each object's tight pixel box (COCO's convention). Objects have radius 0.15-0.21 of the image,
+    so at twice the pre-training image size they appear at the pre-training scale (a one-object
+    image's radius 0.3-0.42); they overlap at most partly (no object hides another)."""
+    pixels, painted = _paint_scene(classes, size, rng, "pair", objects, radius_range=(0.15, 0.21), alone=False)
+    boxes = []
+    for kind, shape_mask in painted:
+        rows, cols = np.nonzero(shape_mask)
+        if rows.size:
+            x0, y0 = int(cols.min()), int(rows.min())
+            boxes.append((x0, y0, int(cols.max()) - x0 + 1, int(rows.max()) - y0 + 1, int(kind)))
+    return pixels, boxes
+
+
+def _paint_scene(classes: int, size: int, rng: np.random.Generator, labels: str, objects: tuple[int, int],
+                 radius_range: tuple[float, float], alone: bool = True) -> tuple[np.ndarray, list]:
+    """The pixels of a scene and its objects' ``(class, full shape mask)`` in painting order (see
+    :func:`render_scene`; ``alone``: a lone object is posed as :func:`render` poses one)."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     count = int(rng.integers(objects[0], objects[1] + 1))
     kinds = rng.choice(classes, size=count, replace=count > classes)
-    if count == 1:
+    if count == 1 and alone:
         radii = rng.uniform(0.3, 0.42, size=1) * size
         centres = rng.uniform(0.35, 0.65, size=(1, 2)) * size
     else:
-        radii = rng.uniform(0.18, 0.3, size=count) * size
+        radii = rng.uniform(*radius_range, size=count) * size
         centres = _centres(radii, size, rng)
     pairs = class_pairs("downstream", classes) if labels == "pair" else None
 
@@ -176,7 +209,7 @@ def render_scene(classes: int, size: int, rng: np.random.Generator, labels: str 
     background = _hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.5), bg_value)
     img = np.empty((size, size, 3))
     img[:] = background
-    labels = np.zeros((size, size), dtype=np.uint8)
+    painted = []
     for kind, radius, (cx, cy) in zip(kinds, radii, centres):
         shape = SHAPES[kind] if pairs is None else pairs[kind][0]
         mask = _pose(shape, x, y, cx, cy, radius, rng.uniform(0, 2 * np.pi))
@@ -188,9 +221,9 @@ def render_scene(classes: int, size: int, rng: np.random.Generator, labels: str 
         foreground = _hsv_to_rgb(rng.uniform(), rng.uniform(0.5, 1.0), float(np.clip(fg_value, 0.05, 1.0)))
         img[mask & on] = foreground
         img[mask & ~on] = foreground * 0.45 + background * 0.55  # the texture's "off" cells, as render's
-        labels[mask] = kind + 1
+        painted.append((int(kind), mask))
     img += rng.normal(0.0, 0.04, size=img.shape)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), labels
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), painted
 
 
 def generate(out_dir: str | Path, kind: str, classes: int, train_per_class: int,
@@ -201,6 +234,9 @@ def generate(out_dir: str | Path, kind: str, classes: int, train_per_class: int,
     from kdflow.io import write_text
 
     out_dir = Path(out_dir)
+    if kind == "detection":
+        return _generate_detection(out_dir, classes, train_per_class, val_per_class, image_size, seed, progress,
+                                   tuple(objects))
     if kind == "segmentation":
         return _generate_scenes(out_dir, classes, train_per_class, val_per_class, image_size, seed, progress,
                                 labels, tuple(objects))
@@ -262,3 +298,39 @@ def _generate_scenes(out_dir: Path, classes: int, train_images: int, val_images:
     names = ["background", *objects_named]
     write_text(out_dir / "classes.txt", "".join(f"{n}\n" for n in names))
     return {"kind": "segmentation", "classes": {"background": "no object", **objects_named}, "images": counts}
+
+
+def _generate_detection(out_dir: Path, classes: int, train_images: int, val_images: int, image_size: int,
+                        seed: int, progress: bool, objects: tuple[int, int]) -> dict:
+    """The detection demo in COCO's layout: ``{train,val}/<k>.png`` and
+    ``annotations/instances_{train,val}.json`` (categories 1..C, the downstream pairs)."""
+    from kdflow.io import write_json
+
+    if not 2 <= classes <= MAX_CLASSES:
+        raise ValueError(f"a detection demo has 2 to {MAX_CLASSES} classes, {classes} asked")
+    if not 1 <= objects[0] <= objects[1]:
+        raise ValueError(f"objects {list(objects)}: give the fewest and the most objects per scene, "
+                         "1 <= fewest <= most")
+    pairs = class_pairs("downstream", classes)
+    categories = [{"id": k + 1, "name": f"{s}_{t}", "supercategory": s} for k, (s, t) in enumerate(pairs)]
+    counts = {"train": train_images, "val": val_images}
+    for split, n in counts.items():
+        jobs = range(n)
+        if progress:
+            from tqdm import tqdm
+
+            jobs = tqdm(jobs, desc=f"demo {out_dir.name} {split}", unit="img", mininterval=2)
+        images, annotations = [], []
+        for k in jobs:
+            pixels, boxes = render_detection_scene(classes, image_size, _scene_rng(seed, split, k), objects)
+            path = out_dir / split / f"{k:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            images.append({"id": k + 1, "file_name": path.name, "width": image_size, "height": image_size})
+            for x, y, w, h, kind in boxes:
+                annotations.append({"id": len(annotations) + 1, "image_id": k + 1, "category_id": kind + 1,
+                                    "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+        write_json(out_dir / "annotations" / f"instances_{split}.json",
+                   {"images": images, "annotations": annotations, "categories": categories})
+    return {"kind": "detection", "classes": {c["name"]: c["name"].replace("_", " ") for c in categories},
+            "images": counts}

@@ -38,13 +38,9 @@ class Sample:
     bytes: int | None = None  # file size (None until the manifest is written)
 
 
-@dataclass
-class Manifest:
-    root: Path  # where ``path`` is relative to, for this process (resolved from ``base`` at job time)
-    samples: list[Sample]
-    classes: list[str]  # all classes of the split, index order
-    base: str = "root"
-    dataset: str | None = field(default=None, compare=False)
+class SampleList:
+    """What every manifest (classification, segmentation, detection) offers over its ``samples``
+    and ``classes``."""
 
     @property
     def num_classes(self) -> int:
@@ -52,6 +48,15 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+@dataclass
+class Manifest(SampleList):
+    root: Path  # where ``path`` is relative to, for this process (resolved from ``base`` at job time)
+    samples: list[Sample]
+    classes: list[str]  # all classes of the split, index order
+    base: str = "root"
+    dataset: str | None = field(default=None, compare=False)
 
 
 def list_split(split_dir: str | Path, what: str = "dataset split") -> dict[str, list[str]]:
@@ -120,6 +125,25 @@ def dataset_bases(dataset: Mapping) -> dict[str, Path]:
     return {"root": Path(dataset["root"]), "work": Path(dataset["work_dir"])}
 
 
+def read_manifest_lines(path: Path, format_line: str, mismatch: Callable[[str], str]) -> tuple[dict[str, str], list]:
+    """The ``# key=value`` header and the data lines of a kdflow manifest (classification,
+    segmentation or detection) whose first line must be ``format_line``; ``mismatch(first line)``
+    is the error message otherwise."""
+    header: dict[str, str] = {}
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline().rstrip("\n")
+        if first != format_line:
+            raise DatasetError(mismatch(first))
+        for line in fh:
+            if line.startswith("# ") and "=" in line:
+                key, value = line[2:].rstrip("\n").split("=", 1)
+                header[key] = value
+            elif not line.startswith("#"):
+                rows.append(line)
+    return header, rows
+
+
 def read_manifest(path: str | Path, dataset: Mapping) -> Manifest:
     """Read a manifest, resolving its base folder from ``dataset`` (a resolved dataset entry of the
     job's config: its ``root`` and ``work_dir`` as configured now, wherever the files were when the
@@ -127,19 +151,9 @@ def read_manifest(path: str | Path, dataset: Mapping) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"manifest not found: {path}")
-    header: dict[str, str] = {}
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline().rstrip("\n")
-        if first != FORMAT_LINE:
-            raise DatasetError(f"{path} is not a kdflow manifest (version 2); a manifest written before kdflow "
-                               "recorded file sizes is converted by `python -m kdflow migrate`")
-        for line in fh:
-            if line.startswith("# ") and "=" in line:
-                key, value = line[2:].rstrip("\n").split("=", 1)
-                header[key] = value
-            elif not line.startswith("#"):
-                rows.append(line)
+    header, rows = read_manifest_lines(path, FORMAT_LINE, lambda first: (
+        f"{path} is not a kdflow manifest (version 2); a manifest written before kdflow recorded file sizes is "
+        "converted by `python -m kdflow migrate`"))
     reader = csv.reader(rows, delimiter="\t")
     if next(reader, None) != ["path", "class", "index", "bytes"] or not {"dataset", "base", "classes"} <= set(header):
         raise DatasetError(f"{path}: a kdflow manifest needs dataset=, base=, classes= and a header line")

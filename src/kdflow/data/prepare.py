@@ -3,7 +3,8 @@
 Every stage after this one (subsets, teacher checks, transfer) reads these two manifests and
 nothing else, so supporting a new dataset layout is one preparer function here. A classification
 preparer returns ``Manifest`` objects (kdflow.data.imagefolder), a segmentation preparer
-``SegManifest`` objects (kdflow.data.segmentation).
+``SegManifest`` objects (kdflow.data.segmentation), a detection preparer ``DetManifest`` objects
+(kdflow.data.detection).
 """
 
 from __future__ import annotations
@@ -51,4 +52,4 @@ def _imagefolder(dataset: dict, work_dir: Path) -> dict[str, Manifest]:
             "test": split_manifest(root, dataset["val_split"])}
 
 
-from kdflow.data import formats, segmentation  # noqa: E402,F401  (register the dataset-specific preparers)
+from kdflow.data import detection, formats, segmentation  # noqa: E402,F401  (register the dataset-specific preparers)

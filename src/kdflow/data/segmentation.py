@@ -40,7 +40,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from kdflow.data.imagefolder import BASES, IMAGE_SUFFIXES, DatasetError, dataset_bases
+from kdflow.data.imagefolder import (BASES, IMAGE_SUFFIXES, DatasetError, SampleList, dataset_bases,
+                                     read_manifest_lines)
 from kdflow.data.prepare import preparer
 from kdflow.io import read_json, write_json, write_text, write_with
 
@@ -77,7 +78,7 @@ class SegSample:
 
 
 @dataclass
-class SegManifest:
+class SegManifest(SampleList):
     image_root: Path  # where ``image`` paths are relative to, for this process
     mask_root: Path  # where ``mask`` paths are relative to
     samples: list[SegSample]
@@ -87,13 +88,6 @@ class SegManifest:
     reduce_zero_label: bool = False  # mask value 0 is ignored and k becomes class k - 1
     ignore_index: int = IGNORE_INDEX
     dataset: str | None = field(default=None, compare=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def pairs(self) -> list[tuple[str, str]]:
         """(absolute image path, absolute mask path) of every sample, in manifest order."""
@@ -159,20 +153,13 @@ def read_seg_manifest(path: str | Path, dataset: Mapping) -> SegManifest:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"segmentation manifest not found: {path}")
-    header: dict[str, str] = {}
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline().rstrip("\n")
-        if first != FORMAT_LINE:
-            hint = " (it is a classification manifest)" if first.startswith("# kdflow manifest") else ""
-            raise DatasetError(f"{path} is not a kdflow segmentation manifest: its first line is {first!r}, "
-                               f"expected {FORMAT_LINE!r}{hint}")
-        for line in fh:
-            if line.startswith("# ") and "=" in line:
-                key, value = line[2:].rstrip("\n").split("=", 1)
-                header[key] = value
-            elif not line.startswith("#"):
-                rows.append(line)
+
+    def mismatch(first: str) -> str:
+        hint = " (it is a classification manifest)" if first.startswith("# kdflow manifest") else ""
+        return (f"{path} is not a kdflow segmentation manifest: its first line is {first!r}, expected "
+                f"{FORMAT_LINE!r}{hint}")
+
+    header, rows = read_manifest_lines(path, FORMAT_LINE, mismatch)
     missing = [f"{key}=" for key in HEADER_KEYS if key not in header]
     if missing:
         raise DatasetError(f"{path}: a kdflow segmentation manifest needs the header lines {', '.join(missing)}")

@@ -171,12 +171,15 @@ class ManifestBatches:
     ``world_size``-th index, and the per-rank batch is the global batch divided by the world size,
     so the global batch follows the config whatever the number of processes (with per-item seeds,
     the same images with the same augmentation). ``batch_size`` (default: the training config's)
-    counts dataset items, e.g. images for FKD's multi-crop items. ``skip(n)`` starts the pass at
+    counts dataset items, e.g. images for FKD's multi-crop items; ``collate_fn`` batches items
+    that are not tensors of one shape (detection's images and targets). ``skip(n)`` starts the pass at
     step ``n`` without loading the steps before it (a resumed pass).
     """
 
-    def __init__(self, ctx: MethodContext, dataset, pass_index: int, batch_size: int | None = None):
+    def __init__(self, ctx: MethodContext, dataset, pass_index: int, batch_size: int | None = None,
+                 collate_fn=None):
         self.ctx = ctx
+        self.collate_fn = collate_fn  # None: the DataLoader's default
         self.dataset = SeededItems(dataset, pass_seed(ctx.seed, pass_index, stream=3))
         self.pass_index = pass_index
         global_batch = batch_size or ctx.training["batch_size"]
@@ -208,6 +211,7 @@ class ManifestBatches:
             num_workers=self.ctx.training["workers"],
             generator=generator,
             pin_memory=self.ctx.device.type == "cuda",
+            collate_fn=self.collate_fn,
         )
         for item in loader:
             yield item if isinstance(item, dict) else {"image": item[0], "label": item[1]}

@@ -119,21 +119,24 @@ def _resnet_name(key: str) -> str:
 
 
 def rename_student_keys(timm_state_dict: dict[str, torch.Tensor], rename, head: str, engine: str, arch: str,
-                        source: str):
+                        source: str, unused: dict[str, str] | None = None):
     """(mapped ``{engine name: tensor}``, per-key report) by ``rename`` (a timm key -> the engine's
     name, or None for a key it does not know).
 
     Every source key appears in the report once: ``{"source", "target", "shape"}``, plus
-    ``"reason"`` for a dropped key. Only the classifier head (keys starting with ``head``) is
-    dropped (a downstream backbone has no use for it); any other key without a name fails,
-    naming it, rather than vanish.
+    ``"reason"`` for a dropped key. Only the classifier head (keys starting with ``head``) and the
+    keys of ``unused`` (key -> why the engine's backbone has no place for it) are dropped; any
+    other key without a name fails, naming it, rather than vanish.
     """
     mapped: dict[str, torch.Tensor] = {}
     report, unknown = [], []
+    unused = unused or {}
     for key, tensor in timm_state_dict.items():
         entry = {"source": key, "target": None, "shape": list(tensor.shape)}
         if key.startswith(head):
             entry["reason"] = f"classifier head ({head}*): not part of a {engine} backbone"
+        elif key in unused:
+            entry["reason"] = unused[key]
         else:
             entry["target"] = target = rename(key)
             if target is None:

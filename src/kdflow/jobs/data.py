@@ -7,6 +7,7 @@ from pathlib import Path
 from kdflow.data import demo
 from kdflow.data.imagefolder import read_manifest, write_manifest
 from kdflow.data.prepare import SPLITS, prepare
+from kdflow.data.detection import DetManifest, write_det_manifest
 from kdflow.data.segmentation import SegManifest, write_seg_manifest
 from kdflow.data.subset import materialise_symlinks, select_subset
 from kdflow.provenance import Provenance, describe_input
@@ -25,14 +26,15 @@ def demo_data(name: str, spec: dict, out_dir: str | Path) -> dict:
 
 
 def prepare_dataset(dataset: dict, manifests: dict[str, str | Path]) -> dict:
-    """Write the ``train`` and ``test`` manifests of a resolved dataset entry (segmentation
-    manifests for a segmentation format)."""
+    """Write the ``train`` and ``test`` manifests of a resolved dataset entry (segmentation or
+    detection manifests for those formats)."""
     prov = Provenance("prepare_dataset", name=dataset["name"], config=dataset)
     prov.add_inputs([dataset[key] for key in ("root", "sbd_root") if dataset.get(key)])
     prepared = prepare(dataset, dataset["work_dir"])
     counts = {}
     for split in SPLITS:
-        write = write_seg_manifest if isinstance(prepared[split], SegManifest) else write_manifest
+        write = {SegManifest: write_seg_manifest, DetManifest: write_det_manifest}.get(type(prepared[split]),
+                                                                                      write_manifest)
         write(manifests[split], prepared[split], dataset["name"])
         counts[split] = {"images": len(prepared[split]), "classes": prepared[split].num_classes}
     prov.write(Path(manifests["train"]).parent / "provenance.json", extra={"counts": counts})

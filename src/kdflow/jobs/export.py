@@ -20,7 +20,10 @@ def _export_detectron2(student_path, files: dict[str, Path]) -> tuple[dict, str]
     from kdflow.export.detectron2 import export_detectron2
 
     report = export_detectron2(student_path, files["weights"], files["report"], files["config"])
-    return report, f"detectron2 ResNet-{report['config']['MODEL']['RESNETS']['DEPTH']}"
+    model = report["config"]["MODEL"]
+    if "RESNETS" in model:
+        return report, f"detectron2 ResNet-{model['RESNETS']['DEPTH']}"
+    return report, f"detectron2 {model['BACKBONE']['NAME']} ({report['arch']})"
 
 
 ENGINES = {"mmseg": _export_mmseg, "detectron2": _export_detectron2}
@@ -40,7 +43,7 @@ def export_job(run: str, engine: str, student_path: str | Path, out_dir: str | P
                extra={key: report[key] for key in ("arch", "student_config_hash", "counts", "verification", "output")})
     counts = report["counts"]
     print(f"[export_{engine} {run}] {report['arch']} -> {target}: {counts['mapped']} keys mapped, "
-          f"{counts['dropped']} dropped (classifier), strict check of {report['verification']['loaded']} ok "
+          f"{counts['dropped']} dropped (classifier or unread), strict check of {report['verification']['loaded']} ok "
           f"-> {report['output']['path']}", flush=True)
     return report
 

@@ -29,13 +29,14 @@ def job_args(cfg: dict, task: str, dataset: str, run: str, seed: int) -> argpars
     from kdflow.tasks import TASKS
 
     results = cfg["results"]
-    export = TASKS[task].export
+    protocol_name = protocol_for(cfg, task, dataset, run, seed)
+    export = TASKS[task].export_for(cfg["transfer"]["protocols"][protocol_name])
     student = None
     if method_of(cfg, run).student != "none":
         student = paths.export_weights(results, run, export) if export else paths.student_weights(results, run)
     return argparse.Namespace(
         run=resolve_run(cfg, run), dataset=resolve_dataset(cfg, dataset),
-        protocol=resolve_protocol(cfg, protocol_for(cfg, task, dataset, run, seed)), seed=seed,
+        protocol=resolve_protocol(cfg, protocol_name), seed=seed,
         out_dir=paths.transfer_dir(results, task, dataset, run, seed),
         state=paths.state_dir(results, "transfer", task, dataset, run, f"seed{seed}"), student=student,
         manifests={split: paths.dataset_manifest(results, dataset, split) for split in ("train", "test")})
@@ -109,19 +110,11 @@ def transfer_segmentation(run, dataset, protocol, seed: int, out_dir: str | Path
     pre-training) on a segmentation dataset with mmsegmentation. Arguments as
     :func:`transfer_classification`; ``state_dir`` holds mmengine's resumable checkpoints."""
     from kdflow.data.segmentation import read_seg_manifest
-    from kdflow.io import read_json
 
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     train_set = read_seg_manifest(manifests["train"], dataset)
     arch = run["student"]["arch"]
-    if export_path is None:
-        input_spec, run_hash = classification.read_student(run, None)[1], run.hash
-    else:
-        export = read_json(Path(export_path).with_name("report.json"))
-        if export["arch"] != arch:
-            raise ValueError(f"{export_path}: exported from arch {export['arch']!r}, run {run['name']!r} "
-                             f"declares student arch {arch!r}")
-        input_spec, run_hash = export["input"], export.get("student_config_hash") or run.hash
+    input_spec, run_hash = _exported_student(run, export_path)
     _, prov = _job_provenance("transfer_seg", run, dataset, protocol, seed, run_hash, manifests, export_path)
     dist = distributed.setup()
     load_report = state_dir / "backbone_load.json"
@@ -146,6 +139,21 @@ def transfer_segmentation(run, dataset, protocol, seed: int, out_dir: str | Path
     return record
 
 
+def _exported_student(run, export_path) -> tuple[dict, str]:
+    """(the student's input spec, the run hash its results are filed under) for a job that reads
+    the student's export (``export_path``; None for a run without pre-training)."""
+    from kdflow.io import read_json
+
+    if export_path is None:
+        return classification.read_student(run, None)[1], run.hash
+    export = read_json(Path(export_path).with_name("report.json"))
+    arch = run["student"]["arch"]
+    if export["arch"] != arch:
+        raise ValueError(f"{export_path}: exported from arch {export['arch']!r}, run {run['name']!r} "
+                         f"declares student arch {arch!r}")
+    return export["input"], export.get("student_config_hash") or run.hash
+
+
 def _read_load_report(path: Path) -> dict:
     """The strict backbone load's report (written by the initializer when training started)."""
     from kdflow.io import read_json
@@ -153,3 +161,86 @@ def _read_load_report(path: Path) -> dict:
     if not path.is_file():
         raise RuntimeError(f"{path}: the backbone load left no report; was the exported backbone loaded?")
     return read_json(path)
+
+
+def transfer_detection(run, dataset, protocol, seed: int, out_dir: str | Path, state_dir: str | Path,
+                       manifests: dict[str, str | Path], student_path: str | Path | None = None) -> dict:
+    """Fine-tune a Faster R-CNN over ``run``'s student on a detection dataset with the protocol's
+    engine. Arguments as :func:`transfer_classification`; ``student_path`` is the student file
+    (engine torchvision) or its detectron2 export (engine detectron2), None for scratch."""
+    from kdflow.data.detection import read_det_manifest
+
+    engine = protocol["engine"]
+    if engine == "detectron2":  # before any work: without detectron2 the job fails at once, saying how to build it
+        from kdflow.transfer.detection.detectron2_engine import require_detectron2
+
+        require_detectron2()
+    out_dir = Path(out_dir)
+    train_set, test_set = (read_det_manifest(manifests[split], dataset) for split in ("train", "test"))
+    if train_set.classes != test_set.classes:
+        raise DatasetError(f"{manifests['train']} and {manifests['test']} have different classes")
+    voc07 = protocol["eval"]["voc07"] and dataset["format"] == "voc"
+    desc = f"transfer {dataset['name']}/{run['name']}/seed{seed}"
+    arch = run["student"]["arch"]
+    if engine == "detectron2":
+        input_spec, run_hash = _exported_student(run, student_path)
+    else:
+        weights, input_spec, student_hash = classification.read_student(run, student_path)
+        run_hash = student_hash or run.hash
+    config, prov = _job_provenance("transfer_det", run, dataset, protocol, seed, run_hash, manifests, student_path)
+    dist = distributed.setup()
+    torch.manual_seed(seed)
+    if engine == "detectron2":
+        result = _detectron2_job(arch, input_spec, student_path, train_set, test_set, protocol, seed, out_dir,
+                                 state_dir, dist, voc07)
+    else:
+        result = _torchvision_job(arch, input_spec, weights, student_path, train_set, test_set, protocol, seed,
+                                  out_dir, state_dir, hash_data(config), dist, voc07, desc)
+    from kdflow.transfer.detection.evaluation import summarise
+
+    record = metrics_record("detection", dataset["name"], run["name"], seed, summarise(result.pop("evaluations")),
+                            protocol=protocol["name"], protocol_hash=protocol.hash, run_config_hash=run_hash,
+                            engine=engine)
+    if dist.rank == 0:
+        write_json(out_dir / "metrics.json", record)
+        prov.write(out_dir / "provenance.json", extra={"engine": engine, **result})
+        if engine == "detectron2":
+            shutil.rmtree(state_dir, ignore_errors=True)  # detectron2's checkpoints: their purpose is served
+        else:
+            discard_state(state_dir)
+    distributed.teardown()
+    return record
+
+
+def _torchvision_job(arch, input_spec, weights, student_path, train_set, test_set, protocol, seed, out_dir,
+                     state_dir, config_hash, dist, voc07, desc) -> dict:
+    """The torchvision engine's fine-tuning; the provenance entries and the evaluations."""
+    from kdflow.transfer.detection import torchvision_engine as engine
+
+    detector = engine.build_detector(arch, input_spec, train_set.num_classes, protocol["model"])
+    load = None if weights is None else engine.load_student(detector, arch, weights.state_dict, str(student_path))
+    result = engine.finetune(detector, train_set, test_set, dict(protocol), seed=seed, run_dir=out_dir,
+                             state_dir=state_dir, config_hash=config_hash, dist=dist, voc07=voc07, desc=desc)
+    if dist.rank == 0:
+        engine.save_detector(out_dir / "model.safetensors", detector,
+                             {"arch": arch, "engine": "torchvision", "naming": "torchvision_fasterrcnn",
+                              "classes": train_set.classes, "input": input_spec})
+    return {"evaluations": result["rows"], "load": load, "epochs": result["epochs"],
+            "interruptions": result["interruptions"], "model": "model.safetensors"}
+
+
+def _detectron2_job(arch, input_spec, export_path, train_set, test_set, protocol, seed, out_dir, state_dir, dist,
+                    voc07) -> dict:
+    """The detectron2 engine's fine-tuning; the provenance entries and the evaluations."""
+    from kdflow.export.detectron2 import detectron2_config
+    from kdflow.transfer.detection import detectron2_engine as engine
+
+    if export_path is None:  # scratch: the values a student of this arch and input spec would dictate
+        weights_config = detectron2_config(arch, input_spec)
+    else:
+        weights_config = engine.read_export_config(Path(export_path).with_name("config.yaml"))
+    result = engine.finetune(arch=arch, weights_config=weights_config, export_path=export_path, train_set=train_set,
+                             test_set=test_set, protocol=dict(protocol), seed=seed, out_dir=out_dir,
+                             state_dir=state_dir, dist=dist, voc07=voc07)
+    return {"evaluations": result["evaluations"], "load": result["load"], "iterations": result["iterations"],
+            "solver": result["solver"], "model": Path(result["model"]).name, "detectron2_config": result["config"]}

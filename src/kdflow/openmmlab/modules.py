@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -39,6 +38,7 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.decode_heads.psp_head import PPM
 from mmseg.registry import DATASETS, METRICS, MODELS, TRANSFORMS
 
+from kdflow.io import append_csv_row, keep_csv_rows_through
 from kdflow.openmmlab import backbones  # noqa: F401  (registers KdflowMobileNetV2)
 
 
@@ -257,15 +257,8 @@ class KdflowJobHook(Hook):
 
     def _truncate_log(self, runner, iteration: int) -> None:
         """Rows written after the resumed checkpoint are re-made by the resumed run."""
-        if not self.log_csv or runner.rank != 0 or not Path(self.log_csv).exists():
-            return
-        with open(self.log_csv, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        kept = [r for r in rows if int(r["iteration"]) <= iteration]
-        with open(self.log_csv, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=_LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)
+        if self.log_csv and runner.rank == 0:
+            keep_csv_rows_through(self.log_csv, _LOG_FIELDS, iteration)
 
     # stop requests (kdflow.train.preemption): saved at the next iteration's end, then stopped
     def before_train(self, runner) -> None:
@@ -296,14 +289,5 @@ class KdflowJobHook(Hook):
                               f"state saved to {runner.work_dir}/{filename}; re-run the job to resume")
 
     def _write_row(self, runner, row: dict) -> None:
-        if not self.log_csv or runner.rank != 0:
-            return
-        fields = _LOG_FIELDS
-        path = Path(self.log_csv)
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        if self.log_csv and runner.rank == 0:
+            append_csv_row(self.log_csv, _LOG_FIELDS, row)

@@ -107,6 +107,8 @@ def lr_at(epoch: float, base_lr: float, schedule: dict, total_epochs: int) -> fl
         return base_lr
     if name == "step":  # KDEP / robustness: x gamma every step_epochs (whole epochs)
         return base_lr * schedule["gamma"] ** int(math.floor(epoch + 1e-9) // schedule["step_epochs"])
+    if name == "multistep":  # detectron2's steps: x gamma at each milestone passed
+        return base_lr * schedule["gamma"] ** sum(epoch + 1e-9 >= m for m in schedule["milestones"])
     if name == "cosine":  # from base_lr at the warm-up's end down to min_lr at the last epoch
         span = max(total_epochs - warmup, 1e-12)
         progress = min(max(epoch - warmup, 0) / span, 1.0)
