@@ -7,9 +7,12 @@
 # therefore re-runs nothing. Jobs read their full slice (execution keys included) from the config
 # itself (kdflow.jobs.common.job_config), exactly as the hand-run scripts do.
 
+from pathlib import Path
+
 import kdflow.config as kcfg
 from kdflow import paths
 from kdflow.data.content import dataset_content
+from kdflow.report import outputs as report_outputs
 from kdflow.tasks import TASKS
 
 # Schema validation (defaults filled) plus cross-reference checks; errors name the key path.
@@ -37,19 +40,24 @@ wildcard_constraints:
     shard=r"\d+",
     dataset=_names(CFG["datasets"]),
     seed=r"\d+",
-    task=_names(TASKS),
 
 
 def final_targets():
-    """Every pre-training run that makes a student, every transfer result, and the table of each
-    task that has results. The results are targets in their own right, so a deleted metrics.json
-    is re-made (and only it, then its table)."""
-    pretrained = [
+    """Every pre-training run that makes a student, every transfer result, the tables and the
+    plots. The results are targets in their own right, so a deleted metrics.json is re-made (and
+    only it, then the report)."""
+    return (
+        pretrained_metrics()
+        + [transfer_metrics_file(j) for j in TRANSFER_JOBS]
+        + table_files()
+        + plot_files()
+    )
+
+
+def pretrained_metrics():
+    return [
         paths.pretrain_metrics(R, name) for name, decl in METHODS.items() if decl.student != "none"
     ]
-    tasks = sorted({j["task"] for j in TRANSFER_JOBS})
-    tables = [paths.table(R, task, ext) for task in tasks for ext in ("md", "csv")]
-    return pretrained + [transfer_metrics_file(j) for j in TRANSFER_JOBS] + tables
 
 
 def transfer_metrics_file(job):
@@ -236,5 +244,48 @@ def transfer_identity(task):
 
 
 # ---------------------------------------------------------------- report
-def task_metrics(wildcards):
-    return [transfer_metrics_file(j) for j in TRANSFER_JOBS if j["task"] == wildcards.task]
+REPORT_TASKS = sorted({j["task"] for j in TRANSFER_JOBS})
+REPORT_CODE = report_outputs.code_version()
+PUBLISHED_FILES = sorted(str(p) for p in report_outputs.PUBLISHED_DIR.glob("*.yaml"))
+FKD_BENCHMARK = Path(R) / report_outputs.FKD_BENCHMARK  # made by benchmarks/, outside the DAG
+
+
+def report_inputs(wildcards):
+    """Every result of the config's jobs: the report waits for all of them."""
+    return pretrained_metrics() + [transfer_metrics_file(j) for j in TRANSFER_JOBS]
+
+
+def table_files():
+    return [
+        paths.table(R, name, ext)
+        for name in report_outputs.table_names(REPORT_TASKS)
+        for ext in ("csv", "md", "tex")
+    ]
+
+
+def plot_files():
+    names = report_outputs.plot_names(
+        REPORT_TASKS, bool(pretrained_metrics()), FKD_BENCHMARK.is_file()
+    )
+    return [paths.plot(R, name, ext) for name in names for ext in ("png", "pdf")]
+
+
+def table_caption(path):
+    """Captions are paths relative to rules/ (the report rules' folder)."""
+    name = Path(path).stem
+    return f"report/tables/{'task' if name in TASKS else name}.rst"
+
+
+def plot_caption(path):
+    return f"report/plots/{Path(path).stem}.rst"
+
+
+def plot_inputs(wildcards):
+    inputs = {
+        "results": paths.table(R, "all_results", "csv"),
+        "runs": paths.table(R, "pretrain_runs", "csv"),
+        "jobs": paths.table(R, "jobs", "json"),
+    }
+    if FKD_BENCHMARK.is_file():
+        inputs["fkd_benchmark"] = str(FKD_BENCHMARK)
+    return inputs

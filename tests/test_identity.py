@@ -80,7 +80,7 @@ def test_workers_and_a_moved_dataset_schedule_nothing(base):
 
 def test_a_learning_rate_reruns_exactly_the_jobs_downstream_of_it(base):
     planned = _dry(_config(base, base / "results", base / "data", lr=0.02))
-    assert planned == {"pretrain": 1, "transfer_cls": 1, "tables": 1, "all": 1}  # not the scratch transfer
+    assert planned == {"pretrain": 1, "transfer_cls": 1, "collect_results": 1, "tables": 1, "plots": 1, "all": 1}  # not the scratch transfer
 
 
 def test_a_replaced_image_reruns_exactly_its_consumers(base):
@@ -92,7 +92,7 @@ def test_a_replaced_image_reruns_exactly_its_consumers(base):
         Image.new("RGB", (16, 16), (200, 10, 10)).save(victim)  # another image, another size
         assert len(victim.read_bytes()) != len(original)
         assert _dry(_config(base, base / "results", base / "data")) == {
-            "prepare_dataset": 1, "transfer_cls": 2, "tables": 1, "all": 1}
+            "prepare_dataset": 1, "transfer_cls": 2, "collect_results": 1, "tables": 1, "plots": 1, "all": 1}
     finally:
         victim.write_bytes(original)
     assert _dry(_config(base, base / "results", base / "data")) == {}
@@ -127,7 +127,7 @@ def test_an_interrupted_state_resumes_in_a_moved_results_root_with_moved_data_an
     shutil.copytree(first, moved, symlinks=True)
     shutil.move(tmp_path / "data", tmp_path / "local_data")
     config = _config(tmp_path, moved, tmp_path / "local_data", workers=1)
-    assert _dry(config) == {"pretrain": 1, "transfer_cls": 1, "tables": 1, "all": 1}
+    assert _dry(config) == {"pretrain": 1, "transfer_cls": 1, "collect_results": 1, "tables": 1, "plots": 1, "all": 1}
     done = snakemake(config)
     assert done.returncode == 0, done.stderr[-4000:]
     log = (moved / "logs" / "pretrain" / "sup.log").read_text()
@@ -155,7 +155,7 @@ def test_migration_of_results_made_by_an_older_kdflow(base):
     other = _config(base, base / "results", base / "data", lr=0.02)
     touched = snakemake(other, "--touch")  # records other params, as an older kdflow's would differ
     assert touched.returncode == 0, touched.stderr[-3000:]
-    assert _dry(config) == {"pretrain": 1, "transfer_cls": 1, "tables": 1, "all": 1}
+    assert _dry(config) == {"pretrain": 1, "transfer_cls": 1, "collect_results": 1, "tables": 1, "plots": 1, "all": 1}
     manifests = [base / "results" / "datasets" / "down" / "train.tsv", base / "results" / "subsets" / "pre_all.tsv"]
     _as_first_format(manifests[0], base / "data" / "down")
     _as_first_format(manifests[1], base / "data" / "pre")

@@ -37,7 +37,9 @@ def test_paper_grid_job_counts():
         "transfer_seg": 9 * 3 * 2,  # the same 9 runs x Cityscapes, VOC-aug, ADE20K x 2 seeds
         "export_detectron2": 7,  # every run with a student: ResNet-18 to detectron2's ResNet, MobileNetV2 to kdflow's
         "transfer_det": 9 * 2 * 2,  # the same 9 runs x COCO, VOC 07+12 x 2 seeds (detectron2: R18-C4, MNv2-FPN)
-        "tables": 3,  # classification, segmentation, detection
+        "collect_results": 1,
+        "tables": 1,  # classification, segmentation, detection, main, cost, pretraining, published
+        "plots": 1,
         "all": 1,
     }
     text = out.stdout + out.stderr

@@ -24,7 +24,9 @@ def test_comparison_grid_job_counts():
         "fkd_soft_labels": 1,
         "pretrain": 6,  # every method but scratch
         "transfer_cls": 7 * 4 * 2,  # 7 runs x 4 datasets x 2 seeds
+        "collect_results": 1,
         "tables": 1,
+        "plots": 1,
         "all": 1,
     }
 

@@ -54,9 +54,15 @@ def test_a_config_without_a_classification_grid_runs(tmp_path):
     config = write_config(src, tmp_path)
     dry = snakemake(config, "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
+    # The report stage runs for a pre-training-only config too: its pre-training table is all there is.
     assert planned_jobs(dry.stdout + dry.stderr) == {"demo_data": 1, "prepare_dataset": 1, "imagenet_subset": 1,
-                                                     "pretrain": 1, "all": 1}
+                                                     "pretrain": 1, "collect_results": 1, "tables": 1, "plots": 1,
+                                                     "all": 1}
     done = snakemake(config)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "results" / "pretrain" / "sup" / "student.safetensors").is_file()
-    assert not (tmp_path / "results" / "tables").exists()
+    tables = tmp_path / "results" / "tables"
+    # No transfer results: no main, cost or per-task table; the pre-training and reference tables only.
+    assert sorted(p.name for p in tables.glob("*.csv")) == ["all_results.csv", "pretrain_runs.csv",
+                                                            "pretraining.csv", "published.csv"], \
+        sorted(p.name for p in tables.iterdir())

@@ -156,8 +156,59 @@ def test_deleting_one_metrics_reruns_only_that_job_and_the_table(tiny_run):
     victim = results / "transfer" / "classification" / "tdown" / "kdep" / "seed1" / "metrics.json"
     victim.unlink()
     dry = snakemake(config, "-n")
-    assert planned_jobs(dry.stdout + dry.stderr) == {"transfer_cls": 1, "tables": 1, "all": 1}
+    assert planned_jobs(dry.stdout + dry.stderr) == {"transfer_cls": 1, "collect_results": 1, "tables": 1, "plots": 1, "all": 1}
     again = snakemake(config)
     assert again.returncode == 0, again.stderr[-4000:]
     assert victim.exists()
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(config, "-n"))
+
+
+REPORT_JOBS = {"collect_results", "tables", "plots"}
+
+
+def _planned_after(config, change) -> dict[str, int]:
+    """The jobs ``snakemake -n`` plans while ``change`` (a context manager) is in effect."""
+    with change as changed_config:
+        dry = snakemake(changed_config or config, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    return {rule: n for rule, n in planned_jobs(dry.stdout + dry.stderr).items() if rule != "all"}
+
+
+@pytest.mark.parametrize("what", ["report code", "published numbers", "aggregation rule"])
+def test_touching_the_report_reruns_report_jobs_only(tiny_run, what, tmp_path):
+    """Report code, the published numbers and the config's ``report`` block feed the report jobs
+    only: changing one plans at least one of them and no other job."""
+    import contextlib
+    import os
+
+    import yaml
+
+    config, _ = tiny_run
+
+    @contextlib.contextmanager
+    def edited(path, text):  # a repository file changed for the dry run, restored byte- and mtime-exact
+        before, stat = path.read_bytes(), path.stat()
+        try:
+            path.write_bytes(text(before))
+            yield None
+        finally:
+            path.write_bytes(before)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    @contextlib.contextmanager
+    def other_aggregation():
+        cfg = yaml.safe_load(config.read_text())
+        cfg["report"] = {**cfg.get("report", {}), "spread": "sem"}
+        changed = tmp_path / "config.yaml"
+        changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        yield changed
+
+    change = {
+        "report code": edited(REPO / "src" / "kdflow" / "report" / "plots.py", lambda b: b + b"\n# a style change\n"),
+        "published numbers": edited(REPO / "config" / "published" / "fkd.yaml",
+                                    lambda b: b.replace(b"value: 79.8", b"value: 79.9")),
+        "aggregation rule": other_aggregation(),
+    }[what]
+    planned = _planned_after(config, change)
+    assert planned and set(planned) <= REPORT_JOBS, planned
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(config, "-n"))  # restored

@@ -1,43 +1,48 @@
-"""Rule tables: the transfer results of one task -> results/tables/<task>.{csv,md}.
+"""Rule tables: the collected results (rule collect_results) and the published numbers
+(config/published/*.yaml) -> every paper table under results/tables/ in CSV, Markdown and LaTeX:
+one per task, the main table (every task side by side, published numbers beside), pre-training
+cost, pre-training results, and the published numbers themselves.
 
-Reads only the metrics.json files of the config's transfer jobs (never stale files of runs the
-config no longer has), so editing a table's layout never retrains anything.
+Reads results only, so editing a table's layout or the aggregation rule never retrains anything.
 
-By hand:  python workflow_scripts/tables.py --config config/config.yaml [--task classification]
+By hand:  python workflow_scripts/tables.py --config config/config.yaml   (collects first)
 """
 
 import argparse
+from pathlib import Path
 
 from kdflow import paths
-from kdflow.config import load_config, transfer_jobs
-from kdflow.jobs.common import script_main
-from kdflow.report.collect import collect
-from kdflow.report.tables import write_task_table
+from kdflow.config import load_config
+from kdflow.jobs.common import config_of, script_main
+from kdflow.report.build import make_tables, read_collection, require_complete, write_collection
+from kdflow.jobs.report import report_plan
+from kdflow.report.collect import collect_results
+from kdflow.report.outputs import PUBLISHED_DIR
 
 
 def from_snakemake(smk):
-    return argparse.Namespace(task=smk.wildcards.task, metrics=list(smk.input.metrics), csv=smk.output.csv,
-                              md=smk.output.md, report=smk.params.report, run_order=smk.params.run_order)
+    # the published files are the rule's inputs (re-run triggers); their folder is the repository's
+    return argparse.Namespace(cfg=config_of(smk), tables=Path(smk.input.results).parent, published=PUBLISHED_DIR,
+                              collect=False)
 
 
 def from_cli():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--task", default="classification")
+    parser.add_argument("--published", default=str(PUBLISHED_DIR), help="folder of the published numbers' YAML files")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    results = cfg["results"]
-    metrics = [paths.transfer_metrics(results, j["task"], j["dataset"], j["run"], j["seed"])
-               for j in transfer_jobs(cfg) if j["task"] == args.task]
-    return argparse.Namespace(task=args.task, metrics=metrics, csv=paths.table(results, args.task, "csv"),
-                              md=paths.table(results, args.task, "md"), report=cfg["report"],
-                              run_order=list(cfg["pretrain"]))
+    return argparse.Namespace(cfg=cfg, tables=Path(paths.table(cfg["results"], "all_results", "csv")).parent,
+                              published=args.published, collect=True)
 
 
 def run(args):
-    stats = write_task_table(collect(args.metrics), args.task, args.csv, args.md, metric=args.report.get("metric"),
-                             checkpoint=args.report["checkpoint"], run_order=args.run_order)
-    print(stats.to_string(index=False))
+    if args.collect:
+        collection = collect_results(report_plan(args.cfg), [args.cfg["results"]])
+        require_complete(collection)
+        write_collection(collection, args.tables)
+    written = make_tables(read_collection(args.tables), args.cfg["report"], args.published, args.tables)
+    print("\n".join(f"{name}: {', '.join(str(p) for p in files.values())}" for name, files in written.items()))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
   doctor           versions, devices and optional engines of the installed stack
   import-kdep-svd  convert KDEP's released SVD trio (*_v.npy, *_feat_mean.npy, *_eigen_values.npy)
   validate         validate a config file and print the resolved runs
+  report           the paper tables and plots from whatever results exist (partial grids, several
+                   results folders merged), without Snakemake; lists missing and failed jobs
   migrate          one-time upgrade of a results folder (manifests, Snakemake params) made by a
                    kdflow older than config key roles (see kdflow.migrate)
 """
@@ -60,6 +62,23 @@ def validate(args) -> int:
     return 0
 
 
+def report(args) -> int:
+    from kdflow.config import load_config
+    from kdflow.jobs.report import build_report
+
+    cfg = load_config(args.config)
+    out_root = args.out or args.results[0]
+    collection = build_report(cfg, args.results, out_root)
+    done = collection.results[["task", "dataset", "run", "seed"]].drop_duplicates()
+    print(f"{len(done)} transfer results and {collection.runs['source'].notna().sum()} pre-training runs "
+          f"from {', '.join(collection.roots)} -> {out_root}/tables, {out_root}/plots")
+    for label in collection.failed:
+        print(f"failed: {label}")
+    for label in collection.missing:
+        print(f"missing: {label}")
+    return 0
+
+
 def migrate(args) -> int:
     from kdflow.migrate import migrate as run_migration
 
@@ -81,6 +100,11 @@ def main(argv=None) -> int:
     val = sub.add_parser("validate", help="validate a config and list its runs")
     val.add_argument("config")
     val.set_defaults(func=validate)
+    rep = sub.add_parser("report", help="tables and plots from partial results, several folders merged")
+    rep.add_argument("--config", required=True, help="the config whose jobs the tables show")
+    rep.add_argument("--out", help="where tables/ and plots/ go (default: the first results folder)")
+    rep.add_argument("results", nargs="+", help="results folders; a job's result is taken from the first that has it")
+    rep.set_defaults(func=report)
     mig = sub.add_parser("migrate", help="one-time upgrade of an older results folder (see kdflow.migrate)")
     mig.add_argument("--configfile", required=True, help="the config the results were made with")
     mig.add_argument("--no-touch", action="store_true", help="only rewrite manifests, do not run snakemake --touch")

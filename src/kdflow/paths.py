@@ -136,3 +136,11 @@ def benchmark_file(results, stage, *names) -> str:
 
 def gpu_check(results) -> str:
     return _p(results, "checks", "gpu_check.json")
+
+
+def plots_dir(results) -> str:
+    return _p(results, "plots")
+
+
+def plot(results, name, ext) -> str:
+    return _p(plots_dir(results), f"{name}.{ext}")

@@ -124,6 +124,8 @@ class Provenance:
                 "python": platform.python_version(),
                 "device": device_description(),
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                # processes of the job (the launcher's WORLD_SIZE): device-hours = wall x GPUs
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
                 "started": _dt.datetime.fromtimestamp(self.started, _dt.timezone.utc).isoformat(),
                 "finished": _dt.datetime.fromtimestamp(finished, _dt.timezone.utc).isoformat(),
                 "wall_seconds": round(finished - self.started, 3),
