@@ -29,6 +29,9 @@ def test_fkd_recipe_builds_its_dag():
         "fkd_soft_label_shard": 64 + 16,  # generated set in 64 jobs, the released set converted in 16
         "fkd_soft_labels": 2,
         "pretrain": 2,  # the ResNet-50 on each label set
+        "collect_results": 1,  # the report: its pre-training table
+        "tables": 1,
+        "plots": 1,
         "all": 1,
     }
     cfg = load_config(REPO / "config" / "fkd.yaml")
