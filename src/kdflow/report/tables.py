@@ -98,8 +98,17 @@ def aggregate(results: pd.DataFrame, agg: Aggregation) -> pd.DataFrame:
     return pd.DataFrame(parts, columns=columns)
 
 
+def missing(value) -> bool:
+    return value is None or pd.isna(value)
+
+
+def formatted(value, spec: str) -> str:
+    """``value`` formatted by ``spec``, or a dash where it is missing."""
+    return DASH if missing(value) else format(value, spec)
+
+
 def cell(mean: float, std: float, n: int) -> str:
-    if mean is None or pd.isna(mean):
+    if missing(mean):
         return DASH
     return f"{mean:.2f} ± {std:.2f}" if n > 1 and not pd.isna(std) else f"{mean:.2f}"
 
@@ -278,11 +287,11 @@ def main_table(stats: pd.DataFrame, runs: pd.DataFrame, published: list[Publishe
 
 
 def _hours(seconds) -> str:
-    return DASH if seconds is None or pd.isna(seconds) else f"{seconds / 3600:.3g}"
+    return DASH if missing(seconds) else f"{seconds / 3600:.3g}"
 
 
 def _ratio(value, reference) -> str:
-    if value is None or reference is None or pd.isna(value) or pd.isna(reference) or not reference:
+    if missing(value) or missing(reference) or not reference:
         return DASH
     return f"{value / reference:.2f}×"
 
@@ -305,10 +314,9 @@ def cost_table(stats: pd.DataFrame, runs: pd.DataFrame, notes: list[str]) -> Tab
                       "reference": reference["run"] if reference else None,
                       **{f"mean_{t}": scores[t] for t in tasks}}
             data.append(record)
-            images = DASH if not m["images_seen"] or pd.isna(m["images_seen"]) else f"{int(m['images_seen']):,}"
+            images = DASH if missing(m["images_seen"]) or not m["images_seen"] else f"{int(m['images_seen']):,}"
             rows.append([run, m["method"], images, _hours(m["pretrain_wall_s"]),
-                         DASH if m["pretrain_device_hours"] is None or pd.isna(m["pretrain_device_hours"])
-                         else f"{m['pretrain_device_hours']:.3g}",
+                         formatted(m["pretrain_device_hours"], ".3g"),
                          _ratio(m["images_seen"], reference and reference["images_seen"]),
                          _ratio(m["pretrain_wall_s"], reference and reference["pretrain_wall_s"]),
                          *[DASH if pd.isna(scores[t]) else f"{scores[t]:.2f}" for t in tasks]])
@@ -332,13 +340,9 @@ def pretraining_table(runs: pd.DataFrame, published: list[Published], notes: lis
         blocks.append(len(rows))
         for run in group:
             m = meta[run]
-            top1 = DASH if m["val_top1"] is None or pd.isna(m["val_top1"]) else f"{m['val_top1']:.2f}"
-            loss = DASH if m["final_loss"] is None or pd.isna(m["final_loss"]) else f"{m['final_loss']:.4g}"
-            label_bytes = (DASH if m["soft_label_bytes_per_crop"] is None or pd.isna(m["soft_label_bytes_per_crop"])
-                           else f"{m['soft_label_bytes_per_crop']:.0f}")
             rows.append([run, m["method"], m["student"], str(m["pretrain_data"] or DASH),
-                         DASH if m["pretrain_epochs"] is None or pd.isna(m["pretrain_epochs"]) else f"{m['pretrain_epochs']:g}",
-                         top1, loss, label_bytes])
+                         formatted(m["pretrain_epochs"], "g"), formatted(m["val_top1"], ".2f"),
+                         formatted(m["final_loss"], ".4g"), formatted(m["soft_label_bytes_per_crop"], ".0f")])
     shown = [p for p in published if p.task == "pretraining"]
     if shown:
         blocks.append(len(rows))
@@ -346,7 +350,7 @@ def pretraining_table(runs: pd.DataFrame, published: list[Published], notes: lis
             rows.append([p.row_label, "published", str((p.configuration or {}).get("student", "")), p.dataset,
                          str((p.configuration or {}).get("pretrain_epochs", "")), f"{p.value:.2f}", DASH, DASH])
             for run, m in meta.items():
-                if p.matches(m) and m["val_top1"] is not None and not pd.isna(m["val_top1"]):
+                if p.matches(m) and not missing(m["val_top1"]):
                     rows.append([f"Δ {run} − {p.row_label}", "", "", "", "", f"{m['val_top1'] - p.value:+.2f}", DASH, DASH])
     header = [("", "method"), ("", "student"), ("", "data"), ("", "epochs"), ("", "own top-1 (%)"),
               ("", "final loss"), ("", "soft-label bytes/crop")]
