@@ -37,6 +37,7 @@ wildcard_constraints:
     teacher=_names(CFG["teachers"]),
     run=_names(CFG["pretrain"]),
     labels=_names(CFG["soft_labels"]),
+    targets=_names(CFG["kdep_targets"]),
     shard=r"\d+",
     dataset=_names(CFG["datasets"]),
     seed=r"\d+",
@@ -183,6 +184,36 @@ def soft_label_shards(wildcards):
     ]
 
 
+# ---------------------------------------------------------------- KDEP teacher-feature stores
+def kdep_target_inputs(wildcards):
+    """The subset's manifest, the checked teacher, and (a store of KDEP targets) the SVD file of
+    its projection."""
+    spec = kcfg.resolve_kdep_targets(CFG, wildcards.targets)
+    teacher = spec["teacher"]["name"]
+    inputs = {
+        "manifest": paths.subset_manifest(R, spec["data"]["name"]),
+        "teacher": paths.teacher_weights(R, teacher),
+        "checked": checked_teacher(teacher),
+    }
+    if spec["store"] == "targets":
+        subset = spec["projection"]["svd"]["subset"]["name"]
+        inputs["svd"] = paths.svd_file(R, teacher, subset)
+    return inputs
+
+
+def kdep_target_identity(wildcards):
+    return kcfg.resolve_kdep_targets(CFG, wildcards.targets).identity
+
+
+def kdep_target_shards(wildcards):
+    n = CFG["kdep_targets"][wildcards.targets]["shards"]
+    return [
+        paths.kdep_targets_shard(R, wildcards.targets, k, suffix)
+        for k in range(n)
+        for suffix in ("bin", "npz")
+    ]
+
+
 # ---------------------------------------------------------------- pre-training
 def pretrain_inputs(wildcards):
     """What the run's method declares it reads: data (and the dataset's test split for a student
@@ -247,7 +278,9 @@ def transfer_identity(task):
 REPORT_TASKS = sorted({j["task"] for j in TRANSFER_JOBS})
 REPORT_CODE = report_outputs.code_version()
 PUBLISHED_FILES = sorted(str(p) for p in report_outputs.PUBLISHED_DIR.glob("*.yaml"))
-FKD_BENCHMARK = Path(R) / report_outputs.FKD_BENCHMARK  # made by benchmarks/, outside the DAG
+THROUGHPUT_BENCHMARK = (
+    Path(R) / report_outputs.THROUGHPUT_BENCHMARK
+)  # made by benchmarks/, outside the DAG
 
 
 def report_inputs(wildcards):
@@ -265,7 +298,7 @@ def table_files():
 
 def plot_files():
     names = report_outputs.plot_names(
-        REPORT_TASKS, bool(pretrained_metrics()), FKD_BENCHMARK.is_file()
+        REPORT_TASKS, bool(pretrained_metrics()), THROUGHPUT_BENCHMARK.is_file()
     )
     return [paths.plot(R, name, ext) for name in names for ext in ("png", "pdf")]
 
@@ -286,6 +319,6 @@ def plot_inputs(wildcards):
         "runs": paths.table(R, "pretrain_runs", "csv"),
         "jobs": paths.table(R, "jobs", "json"),
     }
-    if FKD_BENCHMARK.is_file():
-        inputs["fkd_benchmark"] = str(FKD_BENCHMARK)
+    if THROUGHPUT_BENCHMARK.is_file():
+        inputs["throughput_benchmark"] = str(THROUGHPUT_BENCHMARK)
     return inputs

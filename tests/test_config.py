@@ -23,7 +23,7 @@ def test_demo_config_is_valid_and_defaults_are_filled(demo):
     assert cfg["students"]["r18"]["input"]["channel_order"] == "RGB"
     assert cfg["report"]["checkpoint"] == "final"
     jobs = transfer_jobs(cfg)
-    assert sum(job["task"] == "classification" for job in jobs) == 24  # 8 runs x 3 seeds
+    assert sum(job["task"] == "classification" for job in jobs) == 27  # 9 runs x 3 seeds
     assert sum(job["task"] == "segmentation" for job in jobs) == 15  # 5 runs x 3 seeds
     resolved = resolve_run(cfg, "kdep_r18_r18_in48")
     assert resolved["teacher"]["name"] == "demo_r18" and resolved["svd"]["subset"]["name"] == "demo_in_48"

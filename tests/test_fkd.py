@@ -12,7 +12,8 @@ import torch
 from kdflow.config import JobConfig
 from kdflow.data.imagefolder import Manifest, ManifestDataset, Sample, write_manifest
 from kdflow.data.multicrop import INTERPOLATIONS, sample_crops
-from kdflow.distill.fkd import ReplayDataset, fkd_passes, soft_cross_entropy
+from kdflow.distill.fkd import soft_cross_entropy
+from kdflow.distill.replay import ReplayDataset, replay_passes
 from kdflow.distill.softlabels import (
     LABEL_TYPES,
     LabelCodec,
@@ -23,7 +24,7 @@ from kdflow.distill.softlabels import (
     record_tensors,
     shard_file,
 )
-from kdflow.jobs.softlabels import TeacherCrops, soft_label_shard, soft_label_store
+from kdflow.jobs.softlabels import ImageCrops, soft_label_shard, soft_label_store
 from kdflow.models.network import Network
 from kdflow.models.teacher import save_teacher
 
@@ -112,10 +113,10 @@ def test_soft_cross_entropy_against_hand_computation():
 
 
 def test_fkd_epoch_accounting():
-    assert fkd_passes(300, 4, 4) == [4] * 74 + [1] * 4  # FKD: 74 four-crop passes + 4 single-crop
-    assert sum(fkd_passes(10, 4, 4)) == 10
-    assert fkd_passes(8, 4, 0) == [4, 4]
-    assert fkd_passes(3, 4, 4) == [1, 1, 1]
+    assert replay_passes(300, 4, 4) == [4] * 74 + [1] * 4  # FKD: 74 four-crop passes + 4 single-crop
+    assert sum(replay_passes(10, 4, 4)) == 10
+    assert replay_passes(8, 4, 0) == [4, 4]
+    assert replay_passes(3, 4, 4) == [1, 1, 1]
 
 
 # --------------------------------------------------------------------------- the store
@@ -209,7 +210,7 @@ def test_interrupted_generation_resumes_byte_identical(labelled_images, tmp_path
     assert not shard_file(out, 0, "bin").exists()
     monkeypatch.setattr(ShardWriter, "commit", real_commit)
     resumed = []
-    monkeypatch.setattr(TeacherCrops, "__init__", _spy(TeacherCrops.__init__, resumed))
+    monkeypatch.setattr(ImageCrops, "__init__", _spy(ImageCrops.__init__, resumed))
     resumed_store = build_store(labelled_images, out, {**spec, "commit_every": 5})  # may differ on resume
     assert resumed == [6]  # only the images after the last commit were recomputed
     assert content(resumed_store) == content(reference)
@@ -258,11 +259,11 @@ def test_replayed_crops_equal_the_teachers(labelled_images, tmp_path):
     spec = generation_spec(2)
     store = build_store(labelled_images, tmp_path / "s", spec)
     manifest_ds = ManifestDataset(_read(labelled_images))
-    teacher_side = TeacherCrops(manifest_ds.manifest, {**spec["generate"], "teacher_batch": 8}, spec["seed"], 0, 12)
+    teacher_side = ImageCrops(manifest_ds.manifest, spec["generate"], spec["seed"], 0, 12)
     replay = ReplayDataset(manifest_ds, store, crops_per_visit=4, size=16, interpolation="bicubic", seed=3,
                            pass_index=1)
     for i in range(12):
-        _, _, teacher_crops, (w, h) = teacher_side[i]
+        _, teacher_crops, (w, h) = teacher_side[i]
         item = replay[i]
         rows = replay.choose(i)
         assert len(set(rows.tolist())) == 4  # without replacement

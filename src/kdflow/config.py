@@ -63,7 +63,14 @@ def _base_schema() -> str:
 def effective_schema(method_modules=()) -> dict:
     """The schema file completed with what the registries declare: the method enum and each
     method's option block (``pretrain.<run>.<method>``), the task enums and one protocol branch
-    per task."""
+    per task. A copy: the caller may change it."""
+    return copy.deepcopy(_schema(tuple(method_modules)))
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(method_modules: tuple) -> dict:
+    """``effective_schema``, built once per process (parsing it took 0.25 s, and the Snakefile's
+    params functions strip one config slice against it per job); never to be changed in place."""
     schema = yaml.safe_load(_base_schema())
     defs = schema["$defs"]
     methods = declarations(method_modules)
@@ -240,6 +247,11 @@ def reference_errors(cfg: dict) -> list[str]:
         if "generate" in labels:
             _check_ref(problems, f"{where}.generate.teacher", labels["generate"]["teacher"], "teachers", cfg,
                        "teacher")
+    for name, targets in cfg["kdep_targets"].items():
+        where = f"config.kdep_targets.{name}"
+        _check_ref(problems, f"{where}.data", targets["data"], "subsets", cfg, "subset")
+        _check_ref(problems, f"{where}.teacher", targets["teacher"], "teachers", cfg, "teacher")
+        problems += _target_store_errors(cfg, name)
     for name in cfg["pretrain"]:
         problems += _run_errors(cfg, name)
     problems += _transfer_errors(cfg)
@@ -294,6 +306,58 @@ def _soft_label_errors(cfg, where, run, options, method) -> list[str]:
         problems.append(f"{where}.data: {run['data']!r} differs from {labels['data']!r}, the subset the soft "
                         f"labels {name!r} were made for")
     return problems
+
+
+def _kdep_target_errors(cfg, where, run, options, method) -> list[str]:
+    """A run replaying a teacher-feature store: same data and teacher as the store."""
+    problems: list[str] = []
+    name = options.get("targets")
+    if name is None:
+        return [f"{where}.{method}.targets: method {method!r} needs a kdep_targets entry to replay"]
+    _check_ref(problems, f"{where}.{method}.targets", name, "kdep_targets", cfg, "KDEP target store")
+    store = cfg["kdep_targets"].get(name)
+    if store is None:
+        return problems
+    for key in ("data", "teacher"):
+        if key in run and run[key] != store[key]:
+            problems.append(f"{where}.{key}: {run[key]!r} differs from {store[key]!r}, the {key} of the KDEP "
+                            f"target store {name!r}")
+    return problems
+
+
+def kdep_target_users(cfg: dict, name: str) -> list[str]:
+    """The pre-training runs that replay the store ``name``."""
+    return [run for run, entry in cfg["pretrain"].items()
+            if "kdep_targets" in method_of(cfg, run).artefacts
+            and entry.get(entry["method"], {}).get("targets") == name]
+
+
+def _projection_of(cfg: dict, run_name: str) -> dict:
+    """What a run's KDEP targets depend on besides the teacher's features: student, SVD, PTS."""
+    run = cfg["pretrain"][run_name]
+    options = run[run["method"]]
+    return {"student": _student(cfg, run["student"]),
+            "svd": _svd(cfg, run["teacher"], svd_subset_of(cfg, run_name)),
+            "tau": options["tau"], "power": options["power"]}
+
+
+def _target_store_errors(cfg: dict, name: str) -> list[str]:
+    """A store of KDEP targets is made for one projection: its runs must agree on it."""
+    where = f"config.kdep_targets.{name}"
+    users = kdep_target_users(cfg, name)
+    if not users:
+        return [f"{where}: no pre-training run replays it (set kdep_replay.targets: {name} in one, or remove it)"]
+    if cfg["kdep_targets"][name]["store"] != "targets":
+        return []
+    try:
+        first = _projection_of(cfg, users[0])
+        others = [u for u in users[1:] if _projection_of(cfg, u) != first]
+    except KeyError:  # a dangling reference, reported where it is
+        return []
+    if others:
+        return [f"{where}.store: 'targets' holds one projection (student, SVD, tau, power), but runs "
+                f"{users[0]!r} and {others[0]!r} differ in it; use store: features to serve both"]
+    return []
 
 
 def _compiled_ops_errors(name: str, protocol: dict | None) -> list[str]:
@@ -458,12 +522,12 @@ def _not_identity(prop: dict, value: Any) -> bool:
 def identity_config(cfg: dict) -> dict:
     """``cfg`` without its execution keys (paths, workers, ...) and its neutral defaults: what
     results depend on."""
-    schema = effective_schema(_method_modules(cfg))
+    schema = _schema(_method_modules(cfg))
     return {**_strip(cfg, schema, schema, _not_identity), _MODULES_KEY: list(_method_modules(cfg))}
 
 
 def _without_neutral_defaults(cfg: dict) -> dict:
-    schema = effective_schema(_method_modules(cfg))
+    schema = _schema(_method_modules(cfg))
     return _strip(cfg, schema, schema, _at_neutral_default)
 
 
@@ -550,6 +614,21 @@ def _soft_labels(cfg: dict, name: str) -> dict:
     return {"name": name, **labels}
 
 
+def _kdep_targets(cfg: dict, name: str) -> dict:
+    """A teacher-feature store; a targets store also by the projection of the runs using it."""
+    store = copy.deepcopy(cfg["kdep_targets"][name])
+    store["data"] = _subset(cfg, store["data"])
+    store["teacher"] = _teacher(cfg, store["teacher"])
+    if store["store"] == "targets":
+        store["projection"] = _projection_of(cfg, kdep_target_users(cfg, name)[0])
+    return {"name": name, **store}
+
+
+def _target_store_of(cfg: dict, run_name: str) -> str:
+    run = cfg["pretrain"][run_name]
+    return run[run["method"]]["targets"]
+
+
 def _svd(cfg: dict, teacher: str, subset: str) -> dict:
     return {**copy.deepcopy(cfg["svd"]), "teacher": _teacher(cfg, teacher), "subset": _subset(cfg, subset)}
 
@@ -584,6 +663,10 @@ ARTEFACTS = {
         _soft_label_errors,
         lambda cfg, name: {"soft_labels": _soft_labels(cfg, _soft_label_set(cfg, name))},
         lambda cfg, name: paths.soft_labels_store(cfg["results"], _soft_label_set(cfg, name))),
+    "kdep_targets": Artefact(
+        _kdep_target_errors,
+        lambda cfg, name: {"kdep_targets": _kdep_targets(cfg, _target_store_of(cfg, name))},
+        lambda cfg, name: paths.kdep_targets_store(cfg["results"], _target_store_of(cfg, name))),
 }
 
 
@@ -628,6 +711,7 @@ resolve_subset = functools.partial(_job_config, _subset)
 resolve_teacher = functools.partial(_job_config, _teacher)
 resolve_teacher_check = functools.partial(_job_config, _teacher_check)
 resolve_soft_labels = functools.partial(_job_config, _soft_labels)
+resolve_kdep_targets = functools.partial(_job_config, _kdep_targets)
 resolve_svd = functools.partial(_job_config, _svd)  # (cfg, teacher, subset)
 resolve_run = functools.partial(_job_config, _run)
 resolve_protocol = functools.partial(_job_config, _protocol)

@@ -69,6 +69,19 @@ def soft_labels_shard(results, labels, shard, suffix) -> str:
     return _p(soft_labels_dir(results, labels), shard_name(shard, suffix))
 
 
+def kdep_targets_dir(results, targets) -> str:
+    return _p(results, "kdep_targets", targets)
+
+
+def kdep_targets_store(results, targets) -> str:
+    """The file a finished teacher-feature store is known by (index and shards beside it)."""
+    return _p(kdep_targets_dir(results, targets), "store.json")
+
+
+def kdep_targets_shard(results, targets, shard, suffix) -> str:
+    return _p(kdep_targets_dir(results, targets), shard_name(shard, suffix))
+
+
 def pretrain_dir(results, run) -> str:
     return _p(results, "pretrain", run)
 

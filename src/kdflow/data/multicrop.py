@@ -112,3 +112,73 @@ def cut_crops(image: Image.Image, plan: CropPlan, size: int, interpolation: str)
 def to_unit_float(crops: torch.Tensor) -> torch.Tensor:
     """uint8 crops -> float in [0, 1], the input every ``Network`` normalises itself."""
     return crops.float().div_(255.0)
+
+
+# --------------------------------------------------------------------------- photometric
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """KDEP's colour augmentation, per crop and reproducible from a seed: colour jitter
+    (brightness, contrast and saturation factors in [1 - j, 1 + j], applied in a random order, as
+    torchvision's ``ColorJitter``) then AlexNet's PCA lighting (``Lighting``, ``alpha ~ N(0, std)``).
+
+    Stores of teacher outputs keep no pixels: the parameters of a crop are regenerated from the
+    image's seed at generation and at replay, so the student sees exactly the tensor the teacher saw.
+    """
+
+    color_jitter: float = 0.0
+    lighting: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.color_jitter > 0 or self.lighting > 0
+
+    def params(self, seed: int, num_crops: int) -> np.ndarray:
+        """(num_crops, 9) float32: three factors, the order of the three jitter operations (as
+        floats), three lighting alphas. Its own stream: the boxes of ``sample_crops`` are unchanged."""
+        rng = np.random.Generator(np.random.PCG64([seed, 1]))
+        j = self.color_jitter
+        factors = rng.uniform(max(0.0, 1 - j), 1 + j, size=(num_crops, 3))
+        order = np.argsort(rng.random((num_crops, 3)), axis=1)
+        alpha = rng.normal(0.0, 1.0, size=(num_crops, 3)) * self.lighting
+        return np.concatenate([factors, order, alpha], axis=1).astype(np.float32)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Crops ``(K, 3, H, W)`` in [0, 1] (any device) and their ``params`` -> augmented crops."""
+        if not self.enabled:
+            return x
+        from kdflow.data.transforms import lighting_shift
+
+        params = params.to(x.device, torch.float32)
+        factors, order, alpha = params[:, :3], params[:, 3:6].long(), params[:, 6:]
+        if self.color_jitter > 0:
+            for step in range(3):
+                op = order[:, step]
+                f = factors.gather(1, op[:, None]).view(-1, 1, 1, 1)
+                candidates = torch.stack([_brightness(x, f), _contrast(x, f), _saturation(x, f)])
+                x = candidates[op, torch.arange(len(x), device=x.device)]
+        if self.lighting > 0:
+            x = x + lighting_shift(alpha).view(-1, 3, 1, 1)
+        return x
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """Luma with torchvision's ``rgb_to_grayscale`` weights: (K, 1, H, W)."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (f * x + (1 - f) * other).clamp(0, 1)
+
+
+def _brightness(x, f):
+    return _blend(x, torch.zeros_like(x), f)
+
+
+def _contrast(x, f):
+    return _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def _saturation(x, f):
+    return _blend(x, _grey(x), f)

@@ -19,6 +19,11 @@ _EIGVEC = torch.tensor([
 ])
 
 
+def lighting_shift(alpha: torch.Tensor) -> torch.Tensor:
+    """``Lighting``'s RGB shift ``eigvec @ (alpha * eigval)`` for a batch of alphas ``(K, 3)``."""
+    return (alpha * _EIGVAL.to(alpha.device)) @ _EIGVEC.to(alpha.device).T
+
+
 class Lighting:
     """Add ``eigvec @ (alpha * eigval)`` with ``alpha ~ N(0, std)`` to every pixel."""
 

@@ -8,9 +8,14 @@ config) starts with a plain-literal ``DECLARATION = {...}``:
                ``checkpoint`` (the run's ``checkpoint:`` is converted) or ``none`` (no pre-training:
                transfer starts from a seeded random init)
     teacher    ``None``, ``logits`` or ``features``: what the method reads from the run's teacher
+    loads_teacher  ``True`` (default): the pretrain job loads the teacher and passes it to the
+               method; ``False``: the teacher's outputs come from an artefact made beforehand
+               (KDEP replay), and the job passes only the teacher's file, to check the artefact
+               was made with it
     artefacts  teacher-derived inputs made by other rules: ``svd`` (the teacher's SVD weights on
-               the run's ``<name>.svd_subset`` option, default its data) and ``soft_labels`` (the
-               store named by the run's ``<name>.soft_labels`` option)
+               the run's ``<name>.svd_subset`` option, default its data), ``soft_labels`` (the
+               store named by the run's ``<name>.soft_labels`` option) and ``kdep_targets`` (the
+               teacher-feature store named by the run's ``<name>.targets`` option)
     head       whether the student may have a classification head (evaluated on the pre-training
                dataset's test split); its size comes from ``Method.head_classes`` at run time,
                which may also leave it out (0 classes) when the run's options use no logits
@@ -32,8 +37,8 @@ from pathlib import Path
 BUILTIN_DIR = Path(__file__).resolve().parent
 STUDENT_KINDS = ("trained", "checkpoint", "none")
 TEACHER_OUTPUTS = (None, "logits", "features")
-ARTEFACTS = ("svd", "soft_labels")
-_FIELDS = {"name", "student", "teacher", "artefacts", "head", "options"}
+ARTEFACTS = ("svd", "soft_labels", "kdep_targets")
+_FIELDS = {"name", "student", "teacher", "loads_teacher", "artefacts", "head", "options"}
 
 
 class DeclarationError(ValueError):
@@ -46,6 +51,7 @@ class Declaration:
     module: str  # the declaring file
     student: str = "trained"
     teacher: str | None = None
+    loads_teacher: bool = True
     artefacts: tuple[str, ...] = ()
     head: bool = False
     options: dict | None = None
@@ -96,6 +102,8 @@ def _check(decl: Declaration) -> None:
         raise DeclarationError(f"{where}: unknown artefacts {sorted(unknown)} (known: {ARTEFACTS})")
     if "svd" in decl.artefacts and decl.teacher != "features":
         raise DeclarationError(f"{where}: the svd artefact is made from a teacher's features (teacher: features)")
+    if not decl.loads_teacher and not decl.artefacts:
+        raise DeclarationError(f"{where}: a method that does not load its teacher reads its outputs from an artefact")
     if not decl.trains and (decl.teacher or decl.artefacts or decl.head):
         raise DeclarationError(f"{where}: a method that does not train takes no teacher, artefacts or head")
     if decl.options is not None and decl.options.get("type") != "object":

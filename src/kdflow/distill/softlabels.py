@@ -8,6 +8,9 @@ Quantisation (methods.md 2.3), for teacher probabilities p over C classes with t
 * ``marginal_renorm``    top-k; q_c = p_c / sum_topk p on them, 0 elsewhere
 * ``full``               all C probabilities (float16)
 
+The same store holds KDEP's teacher features for feature replay (``FeatureCodec``: one float16
+vector per crop, either the KDEP targets or the raw pooled teacher features).
+
 The top-k probabilities are stored as 8-bit *cumulative* sums c_j = round(255 * sum_{i<=j} p_pi_i):
 every recovered probability is within 1/255 of the teacher's, their sum within 1/510, and the sum
 can never exceed 1 (which independent rounding of each probability would allow). Class indices
@@ -52,6 +55,9 @@ INDEX_FILE = "index.npz"
 LABEL_TYPES = ("hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full")
 #: Record fields that hold a label (the others, box and flip, say where the crop was)
 LABEL_FIELDS = ("idx", "cum", "prob")
+#: Stores of teacher features for KDEP replay (kdflow.distill.kdep_replay): the KDEP targets
+#: (SVD-projected and PTS-transformed, the student's width) or the raw pooled teacher features
+FEATURE_TYPES = ("kdep_targets", "teacher_features")
 
 
 class SoftLabelError(ValueError):
@@ -142,8 +148,64 @@ class LabelCodec:
             q = rest.expand(*lead, c).clone()
         return q.scatter_(-1, idx, top)
 
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The record fields that hold what the teacher said about a crop."""
+        return tuple(f for f in LABEL_FIELDS if f in self.dtype.names)
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class FeatureCodec:
+    """One crop's teacher feature vector (``width`` values) in float16, for KDEP replay.
+
+    float16 keeps 11 significant bits: a stored value is within 2^-11 (relative) of the fp32
+    one, far below the spread of KDEP's targets; it halves the bytes of fp32.
+    """
+
+    type: str
+    width: int
+    explicit_boxes: bool = False  # generated stores only: boxes come from the per-image seed
+
+    def __post_init__(self):
+        if self.type not in FEATURE_TYPES:
+            raise SoftLabelError(f"unknown feature store type {self.type!r} (known: {', '.join(FEATURE_TYPES)})")
+        if self.width < 1:
+            raise SoftLabelError(f"feature width must be positive, got {self.width}")
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype([("feat", "<f2", (self.width,))])
+
+    @property
+    def bytes_per_crop(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return ("feat",)
+
+    def encode(self, features: torch.Tensor) -> np.ndarray:
+        """Features (n, width) -> n records."""
+        features = features.detach().float().cpu()
+        if features.ndim != 2 or features.shape[1] != self.width:
+            raise SoftLabelError(f"features of shape {tuple(features.shape)}, the codec expects (n, {self.width})")
+        out = np.zeros(len(features), dtype=self.dtype)
+        out["feat"] = features.numpy().astype(np.float16)
+        return out
+
+    def decode(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        return fields["feat"].float()
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def codec_from_dict(spec: dict) -> LabelCodec | FeatureCodec:
+    """The codec a store's ``store.json`` (or a shard's index part) records."""
+    return (FeatureCodec if spec.get("type") in FEATURE_TYPES else LabelCodec)(**spec)
 
 
 def quantise_cumulative(values: np.ndarray) -> np.ndarray:
@@ -215,7 +277,8 @@ def shard_file(folder: str | Path, shard: int, suffix: str) -> Path:
 
 
 class ShardWriter:
-    """Appends the records of a shard's images in order, durable at every ``commit``.
+    """Appends the records of a shard's images in order, durable at every ``commit``
+    (``codec``: a ``LabelCodec`` or a ``FeatureCodec``).
 
     Partial files live in ``state_dir`` (never a declared output, so a failed job's clean-up keeps
     them). ``spec_hash`` identifies the configuration: a partial shard left by another one is
@@ -340,7 +403,7 @@ def assemble_store(folder: str | Path, num_shards: int, meta: dict) -> dict:
     index = {name: np.concatenate([p[name] for p in parts]) for name in ("seed", "width", "height")}
     write_with(folder / INDEX_FILE, lambda tmp: np.savez(_npz_handle(tmp), **index))
     store = {"format": FORMAT, **meta, "shards": shards,
-             "bytes_per_crop": LabelCodec(**meta["codec"]).bytes_per_crop,
+             "bytes_per_crop": codec_from_dict(meta["codec"]).bytes_per_crop,
              "total_bytes": sum(s["bytes"] for s in shards)}
     write_json(folder / STORE_FILE, store)
     return store
@@ -350,7 +413,8 @@ def assemble_store(folder: str | Path, num_shards: int, meta: dict) -> dict:
 
 
 class SoftLabelStore:
-    """Read access to a store; shards are memory-mapped lazily (once per process/worker)."""
+    """Read access to a store (soft labels, or KDEP's teacher features); shards are memory-mapped
+    lazily (once per process/worker)."""
 
     def __init__(self, folder: str | Path, verify: bool = True):
         """``folder``: the store's folder, or its ``store.json`` (the file a finished store is known by)."""
@@ -362,7 +426,7 @@ class SoftLabelStore:
         self.meta = read_json(meta_path)
         if self.meta.get("format") != FORMAT:
             raise SoftLabelError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
-        self.codec = LabelCodec(**self.meta["codec"])
+        self.codec = codec_from_dict(self.meta["codec"])
         self.crops_per_image = self.meta["crops_per_image"]
         with np.load(self.folder / INDEX_FILE) as npz:
             self.seeds, self.widths, self.heights = npz["seed"], npz["width"], npz["height"]

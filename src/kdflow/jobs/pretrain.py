@@ -74,8 +74,8 @@ def pretrain(run, manifest_path: str | Path, out_dir: str | Path, state_dir: str
              teacher_path: str | Path | None = None, artefacts: dict[str, str | Path] | None = None,
              val_manifest_path: str | Path | None = None) -> dict:
     """``run`` is a resolved pre-training run (kdflow.config.resolve_run); ``artefacts`` the paths
-    its method declares (``svd``: the SVD file; ``soft_labels``: the store's folder). A student with
-    a head is evaluated on ``val_manifest_path``."""
+    its method declares (``svd``: the SVD file; ``soft_labels``, ``kdep_targets``: the store's
+    ``store.json``). A student with a head is evaluated on ``val_manifest_path``."""
     out_dir = Path(out_dir)
     training = run["training"]
     artefacts = dict(artefacts or {})
@@ -87,7 +87,14 @@ def pretrain(run, manifest_path: str | Path, out_dir: str | Path, state_dir: str
     dataset = run["data"]["dataset"]
     data = read_manifest(manifest_path, dataset)
     method = get_method(run["method"], run.get("method_module"))
-    teacher = load_teacher(teacher_path) if teacher_path else None
+    teacher = None
+    if teacher_path and method.declaration.get("loads_teacher", True):
+        teacher = load_teacher(teacher_path)
+    elif teacher_path:  # the teacher's outputs come from an artefact made with this file
+        artefacts["teacher_file"] = str(teacher_path)
+    # what each artefact was resolved to in this run's identity, for methods that check a store
+    identity = getattr(run, "identity", run)
+    artefacts["specs"] = {a: identity[a] for a in method.declaration.get("artefacts", ()) if a in identity}
     torch.manual_seed(training["seed"])
     options = run.get(run["method"], {})
     classes = method.head_classes(data, artefacts, teacher, options)

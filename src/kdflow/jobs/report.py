@@ -8,7 +8,7 @@ from pathlib import Path
 from kdflow.config import method_of, transfer_jobs
 from kdflow.report.build import make_plots, make_tables, read_collection, write_collection
 from kdflow.report.collect import Collection, Job, Plan, collect_results
-from kdflow.report.outputs import FKD_BENCHMARK, PUBLISHED_DIR
+from kdflow.report.outputs import THROUGHPUT_BENCHMARK, PUBLISHED_DIR
 
 
 def _run_meta(cfg: dict, name: str) -> dict:
@@ -44,6 +44,6 @@ def build_report(cfg: dict, roots: list[str | Path], out_root: str | Path | None
     write_collection(collect_results(report_plan(cfg), roots), tables_dir)
     collection = read_collection(tables_dir)  # what the workflow's later steps see, exactly
     make_tables(collection, cfg["report"], published_dir, tables_dir)
-    benchmark = next((Path(r) / FKD_BENCHMARK for r in roots if (Path(r) / FKD_BENCHMARK).is_file()), None)
+    benchmark = next((Path(r) / THROUGHPUT_BENCHMARK for r in roots if (Path(r) / THROUGHPUT_BENCHMARK).is_file()), None)
     make_plots(collection, cfg["report"], plots_dir, benchmark)
     return collection

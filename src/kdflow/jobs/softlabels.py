@@ -9,7 +9,6 @@ side by side and give exactly the bytes one job would (per-image seeds, per-imag
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from kdflow.data.imagefolder import Manifest, ManifestDataset, read_manifest
-from kdflow.data.multicrop import BOX_SCALE, cut_crops, sample_crops, to_unit_float
+from kdflow.data.multicrop import BOX_SCALE, Photometric, cut_crops, sample_crops, to_unit_float
 from kdflow.distill.softlabels import (
     LabelCodec,
     ShardWriter,
@@ -46,48 +45,58 @@ def codec_for(spec: dict, num_classes: int) -> LabelCodec:
 # --------------------------------------------------------------------------- teacher-generated
 
 
-class TeacherCrops:
-    """Items ``(image, chunk)``: ``teacher_batch`` crops of one image, cut from one decode."""
+class ImageCrops:
+    """Items ``(i, crops, (width, height))``: all ``num_crops`` crops of image ``i``, cut from one
+    decode (whatever ``teacher_batch`` is: the teacher's batches are split off afterwards)."""
 
     def __init__(self, manifest: Manifest, gen: dict, seed: int, first: int, stop: int):
         self.images = ManifestDataset(manifest)
         self.gen, self.seed, self.first, self.stop = gen, seed, first, stop
-        self.chunks = math.ceil(gen["num_crops"] / gen["teacher_batch"])
 
     def __len__(self) -> int:
-        return (self.stop - self.first) * self.chunks
+        return self.stop - self.first
 
     def __getitem__(self, j: int):
-        i, chunk = self.first + j // self.chunks, j % self.chunks
+        i = self.first + j
         image = self.images.load(i)
-        crop, batch = self.gen["crop"], self.gen["teacher_batch"]
+        crop = self.gen["crop"]
         plan = sample_crops(image_seed(self.seed, i), image.width, image.height, self.gen["num_crops"],
                             tuple(crop["scale"]), tuple(crop["ratio"]))
-        rows = slice(chunk * batch, (chunk + 1) * batch)
-        return i, chunk, cut_crops(image, plan.take(rows), crop["size"], crop["interpolation"]), image.size
+        return i, cut_crops(image, plan, crop["size"], crop["interpolation"]), image.size
+
+
+def teacher_outputs(gen: dict, seed: int, workers: int, manifest: Manifest, teacher, output: str, device,
+                    start: int, stop: int):
+    """Yield ``(outputs, width, height)`` per image from ``start``: the teacher's ``output``
+    (``logits`` or ``features``) for every crop, in fp32 on the CPU; ``gen["augment"]`` (KDEP's
+    stores) adds the seeded colour augmentation of ``kdflow.data.multicrop.Photometric``. The teacher runs on
+    fixed-size, zero-padded batches of one image's crops, so an image's outputs never depend on
+    its neighbours (nor on the number of shards)."""
+    batch, size = gen["teacher_batch"], gen["crop"]["size"]
+    photometric = Photometric(**gen.get("augment", {}))
+    loader = torch.utils.data.DataLoader(ImageCrops(manifest, gen, seed, start, stop), batch_size=None,
+                                         shuffle=False, num_workers=workers, collate_fn=_identity)
+    x = torch.zeros(batch, 3, size, size, device=device)
+    for i, crops, (width, height) in loader:
+        parts = []
+        params = torch.from_numpy(photometric.params(image_seed(seed, i), len(crops)))
+        for chunk, chunk_params in zip(crops.split(batch), params.split(batch)):
+            x.zero_()
+            x[: len(chunk)] = photometric.apply(to_unit_float(chunk.to(device, non_blocking=True)), chunk_params)
+            with torch.no_grad():
+                parts.append(teacher(x, output=output)[: len(chunk)].float().cpu())
+        yield torch.cat(parts), width, height
 
 
 def teacher_records(spec: dict, manifest: Manifest, teacher, codec: LabelCodec, device, start: int, stop: int,
                     recovery: dict):
-    """Yield ``(records, width, height)`` per image from ``start``: the teacher runs on fixed-size,
-    zero-padded batches of one image's crops, so an image's labels never depend on its neighbours."""
+    """Yield ``(records, width, height)`` per image from ``start``: quantised teacher distributions."""
     gen = spec["generate"]
-    batch, size = gen["teacher_batch"], gen["crop"]["size"]
-    dataset = TeacherCrops(manifest, gen, spec["seed"], start, stop)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=spec["workers"],
-                                         collate_fn=_identity)
-    parts = []
-    for _, chunk, crops, (width, height) in loader:
-        x = torch.zeros(batch, 3, size, size)
-        x[: len(crops)] = to_unit_float(crops)
-        with torch.no_grad():
-            logits = teacher(x.to(device), output="logits")[: len(crops)]
-        parts.append(torch.softmax(logits.float() / gen["temperature"], dim=1).cpu())
-        if chunk == dataset.chunks - 1:
-            probs = torch.cat(parts)
-            parts = []
-            _track_recovery(recovery, codec, probs)
-            yield codec.encode(probs), width, height
+    for logits, width, height in teacher_outputs(gen, spec["seed"], spec["workers"], manifest, teacher, "logits",
+                                                 device, start, stop):
+        probs = torch.softmax(logits / gen["temperature"], dim=1)
+        _track_recovery(recovery, codec, probs)
+        yield codec.encode(probs), width, height
 
 
 def _track_recovery(acc: dict, codec: LabelCodec, probs: torch.Tensor) -> None:
@@ -226,24 +235,15 @@ def soft_label_shard(spec: dict, manifest_path: str | Path, shard: int, out_fold
     spec_hash = hash_data({"spec": spec.identity, "teacher": sha256_file(teacher_path) if teacher_path else None,
                            "images": images_digest(s.path for s in manifest.samples)})
     writer = ShardWriter(state_dir, shard, first, stop, codec, crops, spec_hash)
-    if writer.done:
-        print(f"[soft labels {spec['name']} shard {shard}] resuming after {writer.done} of {stop - first} images",
-              flush=True)
     recovery: dict = {}
-    start = writer.next_image
-    if teacher is not None:
-        teacher = teacher.to(device)
-        records = teacher_records(spec, manifest, teacher, codec, device, start, stop, recovery)
-    else:
-        records = imported_records(spec, manifest, codec, crops, start, stop)
     try:
-        with tqdm(total=stop - first, initial=writer.done, desc=f"soft labels {spec['name']} shard {shard}",
-                  unit="img", mininterval=5) as bar:
-            for rec, width, height in records:
-                writer.append(rec, width, height)
-                if writer.pending >= spec["commit_every"]:
-                    writer.commit()
-                bar.update(1)
+        desc = f"soft labels {spec['name']} shard {shard}"
+        if teacher is not None:
+            records = teacher_records(spec, manifest, teacher.to(device), codec, device, writer.next_image, stop,
+                                      recovery)
+        else:
+            records = imported_records(spec, manifest, codec, crops, writer.next_image, stop)
+        write_records(writer, records, spec["commit_every"], desc)
         seeds = ([image_seed(spec["seed"], i) for i in range(first, stop)] if "generate" in spec
                  else np.zeros(stop - first, dtype=np.uint64))
         info = writer.finish(shard_file(out_folder, shard, "bin"), shard_file(out_folder, shard, "npz"),
@@ -255,6 +255,19 @@ def soft_label_shard(spec: dict, manifest_path: str | Path, shard: int, out_fold
         writer.close()
     print(f"[soft labels {spec['name']} shard {shard}] {info}", flush=True)
     return info
+
+
+def write_records(writer: ShardWriter, records, commit_every: int, desc: str) -> None:
+    """Append ``(records, width, height)`` per image, durable every ``commit_every`` images, with
+    progress (a resumed shard's bar starts where it stopped)."""
+    if writer.done:
+        print(f"[{desc}] resuming after {writer.done} of {writer.stop - writer.first} images", flush=True)
+    with tqdm(total=writer.stop - writer.first, initial=writer.done, desc=desc, unit="img", mininterval=5) as bar:
+        for rec, width, height in records:
+            writer.append(rec, width, height)
+            if writer.pending >= commit_every:
+                writer.commit()
+            bar.update(1)
 
 
 def _summary(acc: dict) -> dict | None:

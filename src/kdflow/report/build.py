@@ -80,7 +80,7 @@ def transfer_curve_frame(results: pd.DataFrame, agg: Aggregation) -> pd.DataFram
 
 
 def make_plots(collection: Collection, report_cfg: dict, plots_dir: str | Path,
-               fkd_benchmark: str | Path | None = None) -> dict[str, dict]:
+               throughput_benchmark: str | Path | None = None) -> dict[str, dict]:
     from kdflow.report import plots
 
     plots_dir = Path(plots_dir)
@@ -97,7 +97,7 @@ def make_plots(collection: Collection, report_cfg: dict, plots_dir: str | Path,
     losses = {row["run"]: log for row in runs.to_dict("records") if (log := _log(row["source"])) is not None}
     if losses:
         out["pretrain_loss"] = plots.save(plots.pretrain_loss(losses), plots_dir / "pretrain_loss")
-    benchmark = plots.read_benchmark(fkd_benchmark) if fkd_benchmark else None
+    benchmark = plots.read_benchmark(throughput_benchmark) if throughput_benchmark else None
     if benchmark:
-        out["fkd_throughput"] = plots.save(plots.fkd_throughput(benchmark), plots_dir / "fkd_throughput")
+        out["throughput"] = plots.save(plots.throughput(benchmark), plots_dir / "throughput")
     return out

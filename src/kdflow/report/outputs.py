@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Iterable
 
 COLLECTION_FILES = {"results": "all_results.csv", "runs": "pretrain_runs.csv", "jobs": "jobs.json"}
-FKD_BENCHMARK = Path("benchmarks") / "fkd_throughput.json"  # under a results root (benchmarks/fkd_throughput.py)
+# under a results root (made by benchmarks/pretrain_throughput.py)
+THROUGHPUT_BENCHMARK = Path("benchmarks") / "pretrain_throughput.json"
 PUBLISHED_DIR = Path(__file__).resolve().parents[3] / "config" / "published"  # the repository's
 
 
@@ -27,7 +28,7 @@ def table_names(tasks: Iterable[str]) -> list[str]:
     return [*tasks, "main", "cost", "pretraining", "published"] if tasks else ["pretraining", "published"]
 
 
-def plot_names(tasks: Iterable[str], trained_runs: bool, fkd_benchmark: bool) -> list[str]:
+def plot_names(tasks: Iterable[str], trained_runs: bool, throughput_benchmark: bool) -> list[str]:
     """The figures (each in .png and .pdf)."""
     names = ["downstream", "score_vs_cost", "transfer_curves"] if list(tasks) else []
-    return names + (["pretrain_loss"] if trained_runs else []) + (["fkd_throughput"] if fkd_benchmark else [])
+    return names + (["pretrain_loss"] if trained_runs else []) + (["throughput"] if throughput_benchmark else [])

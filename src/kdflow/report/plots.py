@@ -6,7 +6,7 @@ for a paper's column (3.4 in wide per panel) with units on the axes and seed err
   Figure 1 from kdflow's runs); scratch, which costs nothing, as a dashed line;
 - ``pretrain_loss``: each run's training loss per epoch (``pretrain/<run>/log.csv``);
 - ``transfer_curves``: the test metric over fine-tuning epochs / iterations, mean over seeds;
-- ``fkd_throughput``: crops/s per FKD benchmark mode, when ``results/benchmarks/fkd_throughput.json``
+- ``throughput``: crops/s per pre-training path, when ``results/benchmarks/pretrain_throughput.json``
   exists.
 
 Every function returns the figure (tests read its labels and legend); :func:`save` writes it.
@@ -194,8 +194,8 @@ def transfer_curves(curves: pd.DataFrame, order: list[str]):
     return fig
 
 
-def fkd_throughput(benchmark: dict):
-    """Crops/s of each mode of benchmarks/fkd_throughput.py (median over its timed windows)."""
+def throughput(benchmark: dict):
+    """Crops/s of each mode of benchmarks/pretrain_throughput.py (median over its timed windows)."""
     modes = benchmark["modes"]
     with plt.rc_context(STYLE):
         fig, (ax,) = _figure(1)
@@ -204,7 +204,9 @@ def fkd_throughput(benchmark: dict):
                linewidth=0.4)
         ax.set_xticks(range(len(names)), [m.replace("_", " ") for m in names])
         ax.set_ylabel("training crops per second")
-        ax.set_title(f"FKD throughput ({benchmark.get('device', '?')}, {benchmark.get('threads', '?')} threads)")
+        where = benchmark.get("machine", {})
+        ax.set_title(f"pre-training throughput ({where.get('gpu') or where.get('processor', '?')}, "
+                     f"{where.get('threads', '?')} threads)")
         fig.tight_layout()
     return fig
 
