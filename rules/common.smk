@@ -278,9 +278,8 @@ def transfer_identity(task):
 REPORT_TASKS = sorted({j["task"] for j in TRANSFER_JOBS})
 REPORT_CODE = report_outputs.code_version()
 PUBLISHED_FILES = sorted(str(p) for p in report_outputs.PUBLISHED_DIR.glob("*.yaml"))
-THROUGHPUT_BENCHMARK = (
-    Path(R) / report_outputs.THROUGHPUT_BENCHMARK
-)  # made by benchmarks/, outside the DAG
+# made by benchmarks/pretrain_throughput.py, outside the DAG
+THROUGHPUT_BENCHMARK = Path(R) / report_outputs.THROUGHPUT_BENCHMARK
 
 
 def report_inputs(wildcards):

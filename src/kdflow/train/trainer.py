@@ -188,6 +188,8 @@ class Trainer:
                 model = convert_sync_bn(model)
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if cuda else None)
+        if self.training.get("compile"):  # the wrapper trains; self.model (its weights) is saved
+            model = torch.compile(model)
         return model
 
     def _trainable(self) -> dict[str, nn.Module]:
