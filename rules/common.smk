@@ -16,6 +16,8 @@ from kdflow.report import outputs as report_outputs
 from kdflow.tasks import TASKS
 
 # Schema validation (defaults filled) plus cross-reference checks; errors name the key path.
+# Snakemake parsed the config files itself, keeping the last of a duplicated key: refused here.
+kcfg.check_config_files(workflow.configfiles)
 CFG = kcfg.validate_config(config, source="config")
 kcfg.check_placeholders(CFG)
 R = CFG["results"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 
 import pytest
 import yaml
 
+from conftest import REPO, tool
 from kdflow.config import ConfigError, check_dataset_roots, load_config, resolve_run, transfer_jobs, validate_config
 
 
@@ -175,3 +177,46 @@ def test_identity_slices_leave_out_execution_keys(demo, tmp_path):
     changed = copy.deepcopy(demo)
     changed["pretrain"]["kdep_r18_r18_in48"]["training"]["optim"]["lr"] = 0.07
     assert resolve_run(validate_config(changed), "kdep_r18_r18_in48").hash != a.hash
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_both_lines(tmp_path):
+    """YAML loaders keep the last of two equal keys silently; kdflow's config loading (and the
+    Snakefile, for the files Snakemake parsed itself) refuses the file, starting no job."""
+    text = (REPO / "tests" / "data" / "tiny_config.yaml").read_text()
+    text = text.replace("  sup: {method: supervised", "  sup: {method: scratch, student: tres}\n  sup: {method: supervised")
+    path = tmp_path / "dup.yaml"
+    path.write_text(text.replace("results: results", f"results: {tmp_path / 'results'}"))
+    line = next(i for i, row in enumerate(text.splitlines(), start=1) if row.startswith("  sup: {method: supervised"))
+    with pytest.raises(ConfigError, match=rf"dup.yaml: line {line}: key 'sup' is given twice in one mapping "
+                                          rf"\(first on line {line - 1}\)"):
+        load_config(path)
+    out = subprocess.run([tool("snakemake"), "-n", "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO),
+                          "--configfile", str(path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and f"line {line}: key 'sup' is given twice" in out.stdout + out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def _two_grids_one_job(cfg):
+    cfg["transfer"]["protocols"]["quick2"] = copy.deepcopy(cfg["transfer"]["protocols"]["quick"])
+    cfg["transfer"]["protocols"]["quick2"]["training"]["epochs"] = 3
+    cfg["transfer"]["grids"]["tiny2"] = {**cfg["transfer"]["grids"]["tiny"], "protocol": "quick2"}
+
+
+@pytest.mark.parametrize("mutate, named", [
+    (lambda c: c["pretrain"]["sup"]["training"].update(epochs=-1),
+     "config.pretrain.sup.training.epochs: -1 is less than the minimum of 1"),
+    (lambda c: c["transfer"]["grids"]["tiny"].update(seeds=[]), "config.transfer.grids.tiny.seeds: [] should be non-empty"),
+    (lambda c: c["pretrain"]["sup"].update(student="nope"), "config.pretrain.sup.student: 'nope' is not a defined student"),
+    (lambda c: c["transfer"]["grids"]["tiny"].update(datasets=["nope"]),
+     "config.transfer.grids.tiny.datasets[0]: 'nope' is not a defined dataset"),
+    (lambda c: c["transfer"]["grids"]["tiny"].update(protocol="nope"),
+     "config.transfer.grids.tiny.protocol: 'nope' is not a defined protocol"),
+    (_two_grids_one_job, "config.transfer.grids.tiny2: tdown/fkd/seed1 is also in grid 'tiny' with a different protocol"),
+])
+def test_config_faults_fail_at_load_naming_the_key(mutate, named):
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg = copy.deepcopy(cfg)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert named in str(err.value)

@@ -122,9 +122,44 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    return validate_config(read_yaml(path), source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (the plain
+    loader keeps the last one silently: a run's second `training:` block would replace the first)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # keys merged from an anchor may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{loader.name}: line {key_node.start_mark.line + 1}: key {key!r} is given twice in "
+                              f"one mapping (first on line {seen[key] + 1}); YAML would keep only the last")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as plain data; a duplicated key fails naming the file and both lines."""
+    path = Path(path)
     with open(path, encoding="utf-8") as fh:
-        cfg = yaml.safe_load(fh) or {}
-    return validate_config(cfg, source=str(path))
+        try:
+            return yaml.load(fh, Loader=_UniqueKeyLoader) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def check_config_files(paths_) -> None:
+    """The files Snakemake read its config from (it parses them itself): no duplicated keys."""
+    for path in paths_:
+        read_yaml(path)
 
 
 def validate_config(cfg: dict, source: str = "config") -> dict:
