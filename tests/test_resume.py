@@ -1,4 +1,5 @@
-"""A training job SIGKILLed mid-run and re-run ends with exactly the weights of an uninterrupted run."""
+"""A training job SIGKILLed mid-run and re-run ends with exactly the weights of an uninterrupted run;
+a changed config or a state file that is not plain data is refused."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
+from torch import nn
 
-from conftest import REPO
+from conftest import REPO, training_config
 from kdflow.config import load_config, resolve_dataset, resolve_subset
 from kdflow.jobs.data import demo_data, imagenet_subset, prepare_dataset
 from kdflow import paths
+from kdflow.distill.base import Method, MethodContext
+from kdflow.train.trainer import STATE_FILE, StateMismatch, Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +94,33 @@ def test_changed_config_refuses_stale_state(tmp_path):
     out = subprocess.run(_command(cfg_path), capture_output=True, text=True, timeout=600)
     assert out.returncode != 0
     assert "belongs to a run with a different config" in out.stderr
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a malicious state file could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mknod, (self.marker,))
+
+
+def test_a_state_file_that_would_run_code_is_refused_without_running_it(tmp_path):
+    """Resumable states are read with torch's weights-only unpickler: a pickle with a malicious
+    ``__reduce__`` is refused, saying why, and its payload never runs."""
+    class Squares(Method):
+        def loader(self, pass_index):
+            return [{"image": torch.ones(2, 3)}]
+
+        def loss(self, student, batch):
+            return student(batch["image"]).pow(2).mean(), {}
+
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "state").mkdir()
+    torch.save({"config_hash": "h", "passes_done": 0, "payload": _Payload(marker)}, tmp_path / "state" / STATE_FILE)
+    training = training_config(epochs=1, workers=0)
+    method = Squares(MethodContext(data=None, training=training, device=torch.device("cpu")))
+    with pytest.raises(StateMismatch, match="refusing to unpickle it"):
+        Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h").fit()
+    assert not marker.exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import pickle
 import time
 from pathlib import Path
 from typing import Callable
@@ -257,7 +258,14 @@ class Trainer:
     def _load_state(self, optimizer) -> dict | None:
         if not self.state_path.is_file():
             return None
-        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers, never arbitrary objects (a state file is
+        # read back from a shared results folder; unpickling one could run any code)
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise StateMismatch(f"{self.state_path} holds more than tensors and plain values, so it was not "
+                                f"written by kdflow's trainer; refusing to unpickle it ({exc}). Delete it to "
+                                "start over") from None
         if state["config_hash"] != self.config_hash:
             raise StateMismatch(
                 f"{self.state_path} belongs to a run with a different config (hash "
