@@ -158,3 +158,15 @@ def test_positional_map_refuses_a_different_architecture(tmp_path):
                           "allow_missing": [], "allow_unexpected": []}}
     with pytest.raises(CheckpointError, match="tensors in the file, .* in timm's EfficientNet"):
         from_checkpoint(cfg)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_a_truncated_safetensors_file_is_named_with_its_size(tmp_path, keep):
+    """A weight file cut short (a crash while copying it; an empty file) fails naming the file."""
+    path = tmp_path / "student.safetensors"
+    save_weights(path, _net().backbone_state_dict(), {"kind": "student", "naming": "timm"})
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=rf"student.safetensors: not a readable safetensors file .* "
+                                              rf"{int(len(data) * keep)} bytes"):
+        read_weights(path)

@@ -43,13 +43,17 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> LoadedWeights:
     if not path.is_file():
         raise CheckpointError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = dict(fh.metadata() or {})
+            sd = load_file(str(path))
+        except SafetensorError as exc:  # truncated (a crash while copying) or not a safetensors file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); it may be truncated: "
+                                  f"{path.stat().st_size} bytes. Re-make or re-copy it") from None
         metadata = json.loads(meta["kdflow"]) if "kdflow" in meta else meta
-        sd = load_file(str(path))
         return LoadedWeights(sd, naming=metadata.get("naming", "timm"), metadata=metadata)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
