@@ -92,3 +92,42 @@ def test_corrupt_image_is_reported_with_its_path(dataset):
     ds = ManifestDataset(split_manifest(dataset, "train"))
     with pytest.raises(DatasetError, match=f"cannot read image {bad}"):
         ds[0]
+
+
+def _unusual_images(folder: Path) -> dict[str, tuple]:
+    """One file per unusual kind, and the RGB value its first pixel must decode to."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((6, 6), 30000, np.uint16)).save(folder / "grey16.png")  # 16-bit greyscale
+    Image.fromarray(np.full((6, 6), 100, np.uint8), "L").save(folder / "grey8.png")
+    rgba = np.dstack([np.full((6, 6, 3), 200, np.uint8), np.full((6, 6), 7, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    Image.new("CMYK", (6, 6), (0, 255, 255, 0)).save(folder / "cmyk.jpg", quality=100)  # pure red
+    palette = Image.new("P", (6, 6))
+    palette.putpalette([10, 20, 30] * 256)
+    palette.save(folder / "palette.png")
+    Image.new("RGB", (6, 6), (1, 2, 3)).save(folder / "a name with spaces é.png")
+    return {"grey16.png": (117, 117, 117), "grey8.png": (100, 100, 100), "alpha.png": (200, 200, 200),
+            "cmyk.jpg": (255, 0, 0), "palette.png": (10, 20, 30), "a name with spaces é.png": (1, 2, 3)}
+
+
+def test_unusual_but_decodable_images_are_converted_correctly(tmp_path):
+    """16-bit greyscale is scaled, not saturated at 255 (PIL's convert clips it); greyscale, alpha,
+    CMYK, palette images and a file name with spaces and non-ASCII letters all load as RGB."""
+    import numpy as np
+
+    from kdflow.data.imagefolder import ManifestDataset, split_manifest
+
+    expected = _unusual_images(tmp_path / "ds" / "train" / "n01")
+    ds = ManifestDataset(split_manifest(tmp_path / "ds", "train"))
+    found = {}
+    for i, sample in enumerate(ds.manifest.samples):
+        image = ds.load(i)
+        assert image.mode == "RGB" and image.size == (6, 6)
+        found[Path(sample.path).name] = tuple(int(v) for v in np.asarray(image)[0, 0])
+    assert found.keys() == expected.keys()
+    for name, value in expected.items():
+        tolerance = 2 if name.endswith(".jpg") else 0  # a JPEG's colour conversion rounds
+        assert max(abs(a - b) for a, b in zip(found[name], value)) <= tolerance, (name, found[name])

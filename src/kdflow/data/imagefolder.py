@@ -184,7 +184,7 @@ class ManifestDataset:
         full = self.manifest.root / self.manifest.samples[i].path
         try:
             with Image.open(full) as img:
-                return img.convert("RGB")
+                return to_rgb(img)
         except (OSError, UnidentifiedImageError, SyntaxError) as exc:
             raise DatasetError(f"cannot read image {full}: {exc}") from exc
 
@@ -193,3 +193,18 @@ class ManifestDataset:
         if self.transform is not None:
             img = self.transform(img)
         return img, self.manifest.samples[i].index
+
+
+def to_rgb(img):
+    """Any decodable image as 8-bit RGB. PIL's own ``convert("RGB")`` clips 16-bit greyscale
+    (modes ``I;16*`` and ``I``) at 255, saturating almost every pixel: those are scaled from
+    [0, 65535] instead. CMYK, palette and greyscale images convert as PIL does; an alpha channel
+    is dropped (the colour under it is kept), as torchvision's ImageFolder loader does."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+

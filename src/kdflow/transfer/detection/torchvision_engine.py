@@ -131,13 +131,13 @@ class DetectionItems(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         from PIL import Image
 
-        from kdflow.data.imagefolder import DatasetError
+        from kdflow.data.imagefolder import DatasetError, to_rgb
 
         sample = self.manifest.samples[self.indices[i]]
         path = self.manifest.path(sample)
         try:
             with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
+                rgb = np.asarray(to_rgb(img))
         except (OSError, SyntaxError, ValueError) as exc:
             raise DatasetError(f"cannot decode image {path}: {exc}") from exc
         if rgb.shape[:2] != (sample.height, sample.width):
