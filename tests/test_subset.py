@@ -131,3 +131,32 @@ def test_unusual_but_decodable_images_are_converted_correctly(tmp_path):
     for name, value in expected.items():
         tolerance = 2 if name.endswith(".jpg") else 0  # a JPEG's colour conversion rounds
         assert max(abs(a - b) for a, b in zip(found[name], value)) <= tolerance, (name, found[name])
+
+
+def test_a_non_image_file_in_a_class_folder_is_left_out(dataset):
+    (dataset / "train" / "n01" / "README.txt").write_text("not an image of the class")
+    (dataset / "train" / "n01" / "labels.json").write_text("{}")
+    manifest = read_manifest_of(dataset)
+    assert len([s for s in manifest.samples if s.cls == "n01"]) == 12
+    assert not any(s.path.endswith((".txt", ".json")) for s in manifest.samples)
+
+
+@pytest.mark.parametrize("target", ["loop", "nowhere"])
+def test_a_looping_or_dangling_symlink_is_named(dataset, target):
+    link = dataset / "train" / "n02" / "n02_999.JPEG"
+    if target == "loop":
+        link.symlink_to(link)  # points at itself
+    else:
+        link.symlink_to(dataset / "moved" / "away.JPEG")
+    with pytest.raises(DatasetError, match=rf"{link} is a symbolic link that loops or points to nothing"):
+        read_manifest_of(dataset)
+    (dataset / "train" / "n04").symlink_to(dataset / "train" / "n04")  # a class folder looping on itself
+    link.unlink()
+    with pytest.raises(DatasetError, match=r"n04 is a symbolic link that loops"):
+        read_manifest_of(dataset)
+
+
+def read_manifest_of(dataset):
+    from kdflow.data.imagefolder import split_manifest
+
+    return split_manifest(dataset, "train")

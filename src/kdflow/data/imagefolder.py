@@ -59,18 +59,30 @@ class Manifest(SampleList):
     dataset: str | None = field(default=None, compare=False)
 
 
+def _entries(folder: Path) -> list[Path]:
+    """A folder's entries; a symbolic link that loops or points nowhere is named (``is_dir`` and
+    ``is_file`` would quietly say False, and its images would be missing from the manifest)."""
+    entries = list(folder.iterdir())
+    for p in entries:
+        if p.is_symlink() and not p.exists():
+            raise DatasetError(f"{p} is a symbolic link that loops or points to nothing "
+                               f"({os.readlink(p)}); fix or remove it")
+    return entries
+
+
 def list_split(split_dir: str | Path, what: str = "dataset split") -> dict[str, list[str]]:
     """``{class: sorted file names}`` of an ImageFolder split; errors name the folder at fault."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise DatasetError(f"{what} folder not found: {split_dir}")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in _entries(split_dir) if p.is_dir())
     if not classes:
         raise DatasetError(f"{what} {split_dir} has no class sub-folders (expected <class>/<image>)")
     listing = {}
     for cls in classes:
+        # other files (a README, an annotation) are not images of the class: left out by suffix
         files = sorted(
-            p.name for p in (split_dir / cls).iterdir()
+            p.name for p in _entries(split_dir / cls)
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not files:
