@@ -348,3 +348,38 @@ def test_replay_trains_without_loading_the_teacher(world, tmp_path, monkeypatch)
     with torch.no_grad():
         before, after = (float(method.loss(net.train(), batch)[0]) for net in (untrained, trained))
     assert np.isfinite(result["rows"][-1]["loss"]) and after < before
+
+
+# --------------------------------------------------------------------------- damaged stores
+
+
+def test_a_missing_shard_is_named(world, tmp_path):
+    store = generate(world, "feat", tmp_path / "s")
+    (store.folder / "shard-1.bin").unlink()
+    with pytest.raises(SoftLabelError, match=r"shard missing: .*shard-1\.bin"):
+        SoftLabelStore(store.folder)
+
+
+@pytest.mark.parametrize("damage", ["count", "index"])
+def test_an_index_pointing_past_a_shards_end_is_refused(world, tmp_path, damage):
+    """store.json or index.npz saying more images than a shard holds: refused when the store opens
+    (no shard read), before any record could be read past a shard's end."""
+    import json
+
+    store = generate(world, "feat", tmp_path / "s")
+    meta_path = store.folder / "store.json"
+    if damage == "count":
+        meta = json.loads(meta_path.read_text())
+        meta["shards"][-1]["count"] += 1
+        meta["images"]["count"] += 1
+        meta_path.write_text(json.dumps(meta))
+        named = r"shard shard-1\.bin is said to hold images 50\.\.100 in .* bytes, which does not fit"
+    else:
+        with np.load(store.folder / "index.npz") as npz:
+            index = {k: np.concatenate([npz[k], npz[k][-1:]]) for k in ("seed", "width", "height")}
+        np.savez(store.folder / "index.npz", **index)
+        named = r"its shards hold 100 images, its index 101"
+    with pytest.raises(SoftLabelError, match=named):
+        SoftLabelStore(store.folder, verify=False)
+    with pytest.raises(SoftLabelError, match=r"image 100 is not in"):
+        SoftLabelStore(job_paths(world, "feat")["out_dir"]).records(100)

@@ -432,6 +432,7 @@ class SoftLabelStore:
             self.seeds, self.widths, self.heights = npz["seed"], npz["width"], npz["height"]
         self._firsts = np.array([s["first"] for s in self.meta["shards"]])
         self._maps: dict[int, np.memmap] = {}
+        self._check_layout()
         if verify:
             self.verify()
 
@@ -442,6 +443,21 @@ class SoftLabelStore:
         state = dict(self.__dict__)
         state["_maps"] = {}
         return state
+
+    def _check_layout(self) -> None:
+        """``store.json``, ``index.npz`` and the shards' sizes must describe one layout (cheap: no
+        shard is read), so that no image's records are read past a shard's end or from a neighbour."""
+        where, record = self.folder / STORE_FILE, self.codec.bytes_per_crop * self.crops_per_image
+        first = 0
+        for shard in self.meta["shards"]:
+            if shard["first"] != first or shard["bytes"] != shard["count"] * record:
+                raise SoftLabelError(f"{where}: shard {shard['file']} is said to hold images {shard['first']}.."
+                                     f"{shard['first'] + shard['count'] - 1} in {shard['bytes']} bytes, which does not "
+                                     f"fit the store's layout (images from {first}, {record} bytes each)")
+            first += shard["count"]
+        if not first == len(self) == len(self.seeds) == len(self.widths):
+            raise SoftLabelError(f"{where}: its shards hold {first} images, its index {len(self.seeds)}, "
+                                 f"its image list {len(self)}")
 
     def verify(self) -> None:
         """Checksum every shard; a changed byte fails naming the shard file."""
@@ -466,6 +482,8 @@ class SoftLabelStore:
 
     def records(self, i: int) -> np.ndarray:
         """The stored crops of image ``i`` (manifest order)."""
+        if not 0 <= i < len(self):
+            raise SoftLabelError(f"image {i} is not in {self.folder} (it holds images 0..{len(self) - 1})")
         k = int(np.searchsorted(self._firsts, i, side="right") - 1)
         start = (i - self.meta["shards"][k]["first"]) * self.crops_per_image
         return np.array(self._map(k)[start:start + self.crops_per_image])
