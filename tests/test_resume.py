@@ -3,6 +3,7 @@ a changed config or a state file that is not plain data is refused."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -124,3 +125,47 @@ def test_a_state_file_that_would_run_code_is_refused_without_running_it(tmp_path
     with pytest.raises(StateMismatch, match="refusing to unpickle it"):
         Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h").fit()
     assert not marker.exists()
+
+
+def _full_disk(code):
+    """A writer that gets half its bytes out, then finds the disk (or the quota) full."""
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"half of the new fi")
+        raise OSError(code, os.strerror(code))
+    return write
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_while_writing_keeps_the_previous_file(tmp_path, monkeypatch, code):
+    """ENOSPC / EDQUOT while writing a metrics file or a resumable state: the error names the file,
+    the previous version stays valid, and no partial file is left beside it."""
+    from kdflow.io import read_json, write_json, write_with
+
+    metrics = tmp_path / "metrics.json"
+    write_json(metrics, {"top1": 37.0})
+    with pytest.raises(OSError, match=rf"while writing {metrics}; the previous metrics.json is unchanged"):
+        write_with(metrics, _full_disk(code))
+    assert read_json(metrics) == {"top1": 37.0}
+
+    class Squares(Method):
+        def loader(self, pass_index):
+            return [{"image": torch.ones(2, 3)}]
+
+        def loss(self, student, batch):
+            return student(batch["image"]).pow(2).mean(), {}
+
+    training = training_config(epochs=2, workers=0)
+    method = Squares(MethodContext(data=None, training=training, device=torch.device("cpu")))
+    trainer = Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h")
+    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
+    trainer._save_state(optimizer, passes_done=1)
+    state = tmp_path / "state" / STATE_FILE
+    before = state.read_bytes()
+    monkeypatch.setattr(torch, "save", lambda obj, tmp: _full_disk(code)(tmp))
+    with pytest.raises(OSError, match=rf"while writing {state}; the previous {STATE_FILE} is unchanged"):
+        trainer._save_state(optimizer, passes_done=2)
+    monkeypatch.undo()
+    assert state.read_bytes() == before and torch.load(state, weights_only=True)["passes_done"] == 1
+    assert sorted(p.name for p in state.parent.iterdir()) == [STATE_FILE]  # no partial file beside it
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

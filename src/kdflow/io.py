@@ -8,6 +8,7 @@ never leaves a half-written file under a name that Snakemake (or a resuming job)
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +41,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # say where, and that nothing was lost
+            kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+            raise OSError(exc.errno, f"{os.strerror(exc.errno)} while writing {path}; {kept}. Free space "
+                                     "(or quota) there and re-run") from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
