@@ -22,7 +22,7 @@ from kdflow.config import load_config, resolve_dataset, resolve_subset
 from kdflow.jobs.data import demo_data, imagenet_subset, prepare_dataset
 from kdflow import paths
 from kdflow.distill.base import Method, MethodContext
-from kdflow.train.trainer import STATE_FILE, StateMismatch, Trainer
+from kdflow.train.trainer import PREVIOUS_STATE_FILE, STATE_FILE, StateMismatch, Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +169,29 @@ def test_a_full_disk_while_writing_keeps_the_previous_file(tmp_path, monkeypatch
     assert state.read_bytes() == before and torch.load(state, weights_only=True)["passes_done"] == 1
     assert sorted(p.name for p in state.parent.iterdir()) == [STATE_FILE]  # no partial file beside it
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_state_cut_short_resumes_from_the_previous_one(tmp_path, capsys):
+    """A last.pt truncated after it was written (a crash on a file system that lost the end, an
+    interrupted copy): the previous state, kept beside it, is resumed from, and the log says so."""
+    class Squares(Method):
+        def loader(self, pass_index):
+            return [{"image": torch.ones(2, 3)}]
+
+        def loss(self, student, batch):
+            return student(batch["image"]).pow(2).mean(), {}
+
+    training = training_config(epochs=3, workers=0)
+    method = Squares(MethodContext(data=None, training=training, device=torch.device("cpu")))
+    trainer = Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h")
+    optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1)
+    for passes_done in (1, 2):
+        trainer._save_state(optimizer, passes_done=passes_done)
+    state = tmp_path / "state" / STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])
+    assert trainer._load_state(optimizer)["passes_done"] == 1
+    out = capsys.readouterr().out
+    assert f"{state} is unreadable" in out and "resuming from the state before it" in out
+    (tmp_path / "state" / PREVIOUS_STATE_FILE).write_bytes(b"")
+    with pytest.raises(StateMismatch, match="both .* are unreadable; delete them to start over"):
+        trainer._load_state(optimizer)

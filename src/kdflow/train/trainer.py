@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import pickle
 import time
 from pathlib import Path
@@ -33,11 +34,12 @@ import torch.distributed as dist
 from torch import nn
 
 from kdflow.distill.base import Method, pass_seed
-from kdflow.io import write_text, write_with
+from kdflow.io import atomic_path, write_text
 from kdflow.train import distributed
 from kdflow.train.preemption import Interrupted, StopRequests
 
 STATE_FILE = "last.pt"
+PREVIOUS_STATE_FILE = "last.pt.prev"  # the state before the last save: used if last.pt is unreadable
 
 
 class StateMismatch(RuntimeError):
@@ -47,9 +49,9 @@ class StateMismatch(RuntimeError):
 def discard_state(state_dir: str | Path) -> None:
     """Called by a job once its outputs are written: the resumable state has served its purpose
     (it holds the optimizer's moments too, about twice the size of the weights)."""
-    path = Path(state_dir) / STATE_FILE
-    if path.exists():
-        path.unlink()
+    for path in (Path(state_dir) / STATE_FILE, Path(state_dir) / PREVIOUS_STATE_FILE):
+        if path.exists():
+            path.unlink()
 
 
 def exempt_from_decay(name: str, param: nn.Parameter) -> bool:
@@ -255,17 +257,35 @@ class Trainer:
             dist.broadcast(buffer.data, src=0)
 
     # --------------------------------------------------------------------------- state
-    def _load_state(self, optimizer) -> dict | None:
-        if not self.state_path.is_file():
-            return None
-        # weights_only: tensors and plain containers, never arbitrary objects (a state file is
-        # read back from a shared results folder; unpickling one could run any code)
+    def _read_state(self, path: Path) -> dict | None:
+        """A state file's content; None if it is cut short or damaged (a copy interrupted, a file
+        system that lost the end of a write). weights_only: tensors and plain containers, never
+        arbitrary objects (a state file is read back from a shared results folder; unpickling one
+        could run any code)."""
         try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise StateMismatch(f"{self.state_path} holds more than tensors and plain values, so it was not "
+            raise StateMismatch(f"{path} holds more than tensors and plain values, so it was not "
                                 f"written by kdflow's trainer; refusing to unpickle it ({exc}). Delete it to "
                                 "start over") from None
+        except (RuntimeError, EOFError, OSError) as exc:
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            print(f"[{self.desc}] {path} is unreadable ({why})", flush=True)
+            return None
+
+    def _load_state(self, optimizer) -> dict | None:
+        previous = self.state_path.with_name(PREVIOUS_STATE_FILE)
+        state = self._read_state(self.state_path) if self.state_path.is_file() else None
+        if state is None and previous.is_file():
+            state = self._read_state(previous)
+            if state is None:
+                raise StateMismatch(f"both {self.state_path} and {previous} are unreadable; delete them to start over")
+            print(f"[{self.desc}] resuming from the state before it, {previous}", flush=True)
+        elif state is None and self.state_path.is_file():
+            raise StateMismatch(f"{self.state_path} is unreadable and there is no earlier state; delete it to "
+                                "start over")
+        if state is None:
+            return None
         if state["config_hash"] != self.config_hash:
             raise StateMismatch(
                 f"{self.state_path} belongs to a run with a different config (hash "
@@ -291,7 +311,10 @@ class Trainer:
             "rows": self.rows,
             "interruptions": self.interruptions,
         }
-        write_with(self.state_path, lambda tmp: torch.save(state, tmp))
+        with atomic_path(self.state_path) as tmp:
+            torch.save(state, tmp)
+            if self.state_path.is_file():  # the new state is written: the old one becomes the previous
+                os.replace(self.state_path, self.state_path.with_name(PREVIOUS_STATE_FILE))
 
     def _generator_state(self) -> dict:
         state = {"cpu": torch.get_rng_state()}
