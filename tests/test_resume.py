@@ -22,7 +22,7 @@ from kdflow.config import load_config, resolve_dataset, resolve_subset
 from kdflow.jobs.data import demo_data, imagenet_subset, prepare_dataset
 from kdflow import paths
 from kdflow.distill.base import Method, MethodContext
-from kdflow.train.trainer import PREVIOUS_STATE_FILE, STATE_FILE, StateMismatch, Trainer
+from kdflow.train.trainer import PREVIOUS_STATE_FILE, STATE_FILE, OutOfMemory, StateMismatch, Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -195,3 +195,19 @@ def test_a_state_cut_short_resumes_from_the_previous_one(tmp_path, capsys):
     (tmp_path / "state" / PREVIOUS_STATE_FILE).write_bytes(b"")
     with pytest.raises(StateMismatch, match="both .* are unreadable; delete them to start over"):
         trainer._load_state(optimizer)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError])
+def test_out_of_memory_names_the_batch_size_to_lower(tmp_path, error):
+    class Hungry(Method):
+        def loader(self, pass_index):
+            return [{"image": torch.ones(2, 3)}]
+
+        def loss(self, student, batch):
+            raise error("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    training = training_config(epochs=1, workers=0, batch_size=256)
+    method = Hungry(MethodContext(data=None, training=training, device=torch.device("cpu")))
+    with pytest.raises(OutOfMemory, match=r"out of cpu memory in pass 1 with training.batch_size 256 \(256 per "
+                                          r"process over 1\): lower training.batch_size .*Tried to allocate"):
+        Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h").fit()

@@ -46,6 +46,10 @@ class StateMismatch(RuntimeError):
     pass
 
 
+class OutOfMemory(RuntimeError):
+    """A training step ran out of device (or host) memory; the message says what to lower."""
+
+
 def discard_state(state_dir: str | Path) -> None:
     """Called by a job once its outputs are written: the resumable state has served its purpose
     (it holds the optimizer's moments too, about twice the size of the weights)."""
@@ -256,6 +260,16 @@ class Trainer:
         for buffer in self.model.buffers():
             dist.broadcast(buffer.data, src=0)
 
+    def _out_of_memory(self, pass_index: int, exc: BaseException) -> "OutOfMemory":
+        """What to lower, said in the config's terms (the device's message alone names neither)."""
+        batch = self.training["batch_size"]
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        saved = f"; the last saved state ({self.state_path}) is kept" if self.state_path.is_file() else ""
+        return OutOfMemory(
+            f"[{self.desc}] out of {self.device.type} memory in pass {pass_index + 1} with training.batch_size "
+            f"{batch} ({batch // self.ctx.world_size} per process over {self.ctx.world_size}): lower "
+            f"training.batch_size (an identity key: the run restarts), or run on more GPUs{saved}. ({why})")
+
     # --------------------------------------------------------------------------- state
     def _read_state(self, path: Path) -> dict | None:
         """A state file's content; None if it is cut short or damaged (a copy interrupted, a file
@@ -355,8 +369,11 @@ class Trainer:
             for p in range(start, len(passes)):
                 epoch0 = float(sum(passes[:p]))
                 torch.manual_seed(pass_seed(self.ctx.seed, p, stream=2))
-                row = self._run_pass(wrapped, optimizer, p, epoch0, passes[p], total_epochs, use_amp,
-                                     stop, within if p == start else None)
+                try:
+                    row = self._run_pass(wrapped, optimizer, p, epoch0, passes[p], total_epochs, use_amp,
+                                         stop, within if p == start else None)
+                except (torch.OutOfMemoryError, MemoryError) as exc:
+                    raise self._out_of_memory(p, exc) from exc
                 is_last = p == len(passes) - 1
                 every = self.training["eval_every"]
                 if self.evaluate is not None and (is_last or (every and round(epoch0 + passes[p]) % every == 0)):
