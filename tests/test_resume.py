@@ -211,3 +211,31 @@ def test_out_of_memory_names_the_batch_size_to_lower(tmp_path, error):
     with pytest.raises(OutOfMemory, match=r"out of cpu memory in pass 1 with training.batch_size 256 \(256 per "
                                           r"process over 1\): lower training.batch_size .*Tried to allocate"):
         Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h").fit()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_writer_killed_between_write_and_rename_leaves_the_final_path_absent_or_complete(tmp_path, existing):
+    """SIGKILL after a result's bytes are written but before they are renamed into place: the
+    final path holds the previous complete file, or nothing — never the half-made one."""
+    final = tmp_path / "metrics.json"
+    if existing:
+        final.write_text('{"top1": 37.0}')
+    ready = tmp_path / "written"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import pathlib, time\n"
+        "from kdflow.io import write_with\n"
+        "def writer(tmp):\n"
+        "    tmp.write_text('{\"top1\": 12')  # a half-made result\n"
+        f"    pathlib.Path({str(ready)!r}).touch()\n"
+        "    time.sleep(60)\n"
+        f"write_with({str(final)!r}, writer)\n")])
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert ready.exists()
+    if existing:
+        assert final.read_text() == '{"top1": 37.0}'
+    else:
+        assert not final.exists()
