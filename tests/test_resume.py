@@ -97,6 +97,16 @@ def test_changed_config_refuses_stale_state(tmp_path):
     assert "belongs to a run with a different config" in out.stderr
 
 
+class Squares(Method):
+    """A one-step-per-pass method on a fixed batch: enough for the trainer's state handling."""
+
+    def loader(self, pass_index):
+        return [{"image": torch.ones(2, 3)}]
+
+    def loss(self, student, batch):
+        return student(batch["image"]).pow(2).mean(), {}
+
+
 class _Payload:
     """Unpickling this creates ``marker``: what a malicious state file could do instead."""
 
@@ -110,13 +120,6 @@ class _Payload:
 def test_a_state_file_that_would_run_code_is_refused_without_running_it(tmp_path):
     """Resumable states are read with torch's weights-only unpickler: a pickle with a malicious
     ``__reduce__`` is refused, saying why, and its payload never runs."""
-    class Squares(Method):
-        def loader(self, pass_index):
-            return [{"image": torch.ones(2, 3)}]
-
-        def loss(self, student, batch):
-            return student(batch["image"]).pow(2).mean(), {}
-
     marker = tmp_path / "payload-ran"
     (tmp_path / "state").mkdir()
     torch.save({"config_hash": "h", "passes_done": 0, "payload": _Payload(marker)}, tmp_path / "state" / STATE_FILE)
@@ -148,13 +151,6 @@ def test_a_full_disk_while_writing_keeps_the_previous_file(tmp_path, monkeypatch
         write_with(metrics, _full_disk(code))
     assert read_json(metrics) == {"top1": 37.0}
 
-    class Squares(Method):
-        def loader(self, pass_index):
-            return [{"image": torch.ones(2, 3)}]
-
-        def loss(self, student, batch):
-            return student(batch["image"]).pow(2).mean(), {}
-
     training = training_config(epochs=2, workers=0)
     method = Squares(MethodContext(data=None, training=training, device=torch.device("cpu")))
     trainer = Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h")
@@ -174,13 +170,6 @@ def test_a_full_disk_while_writing_keeps_the_previous_file(tmp_path, monkeypatch
 def test_a_state_cut_short_resumes_from_the_previous_one(tmp_path, capsys):
     """A last.pt truncated after it was written (a crash on a file system that lost the end, an
     interrupted copy): the previous state, kept beside it, is resumed from, and the log says so."""
-    class Squares(Method):
-        def loader(self, pass_index):
-            return [{"image": torch.ones(2, 3)}]
-
-        def loss(self, student, batch):
-            return student(batch["image"]).pow(2).mean(), {}
-
     training = training_config(epochs=3, workers=0)
     method = Squares(MethodContext(data=None, training=training, device=torch.device("cpu")))
     trainer = Trainer(nn.Linear(3, 1), method, training, tmp_path / "run", tmp_path / "state", "h")
