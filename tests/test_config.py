@@ -212,6 +212,9 @@ def _two_grids_one_job(cfg):
     (lambda c: c["transfer"]["grids"]["tiny"].update(protocol="nope"),
      "config.transfer.grids.tiny.protocol: 'nope' is not a defined protocol"),
     (_two_grids_one_job, "config.transfer.grids.tiny2: tdown/fkd/seed1 is also in grid 'tiny' with a different protocol"),
+    (lambda c: c["students"].update(tres={"arch": "resnet50"}),  # 2048 dimensions; the teacher has 256
+     "config.pretrain.kdep.student: 'tres' (resnet50) has 2048 feature dimensions, more than the 256 of teacher "
+     "'tiny_teacher' (test_efficientnet), whose SVD basis spans at most 256"),
 ])
 def test_config_faults_fail_at_load_naming_the_key(mutate, named):
     cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())
@@ -220,3 +223,13 @@ def test_config_faults_fail_at_load_naming_the_key(mutate, named):
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert named in str(err.value)
+
+
+def test_the_feature_width_table_is_timms():
+    """Config validation reads widths from a table (no torch import per snakemake call): each entry
+    is what timm builds."""
+    from kdflow.models.network import num_features_of
+    from kdflow.models.widths import KNOWN_WIDTHS, feature_width
+
+    assert {arch: num_features_of(arch) for arch in KNOWN_WIDTHS} == KNOWN_WIDTHS
+    assert feature_width("tf_efficientnet_l2.ns_jft_in1k_475") == 5504 and feature_width("resnet26") == 2048

@@ -20,3 +20,4 @@ def test_every_test_the_fault_table_names_exists():
         defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
         assert name in defined, f"tests/README.md: {fault!r} names {module}::{name}, which does not exist"
     assert len({r[1] for r in rows}) == len(rows)  # each fault once
+    assert f"**{len(rows)} distinct faults.**" in table  # the count the README states is the table's

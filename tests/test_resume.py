@@ -4,6 +4,7 @@ a changed config or a state file that is not plain data is refused."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import signal
@@ -228,3 +229,44 @@ def test_a_writer_killed_between_write_and_rename_leaves_the_final_path_absent_o
         assert final.read_text() == '{"top1": 37.0}'
     else:
         assert not final.exists()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_loss_names_the_step_and_its_images_and_keeps_the_last_good_state(tmp_path, capsys, bad):
+    """A loss that turns NaN or inf in pass 2 stops the run naming the step and the images of its
+    batch; the state saved after pass 1 is kept, and a re-run resumes from it."""
+    from PIL import Image
+
+    from kdflow.data.imagefolder import Manifest, Sample
+
+    samples = []
+    for i in range(8):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.new("RGB", (12, 12), (30 * i, 0, 0)).save(tmp_path / "images" / f"img {i}.png")
+        samples.append(Sample(path=f"img {i}.png", cls="c", index=0))
+    data = Manifest(root=tmp_path / "images", samples=samples, classes=["c"])
+
+    class Diverging(Method):
+        calls = 0
+
+        def loss(self, student, batch):
+            Diverging.calls += 1
+            out = student(batch["image"].flatten(1)).pow(2).mean()
+            return (out * bad if Diverging.calls == 3 else out), {}  # pass 2's first step
+
+    training = training_config(epochs=3, workers=0, batch_size=4, augment={"size": 8, "scale": [0.5, 1.0]})
+    method = Diverging(MethodContext(data=data, training=training, device=torch.device("cpu")))
+    trainer = Trainer(nn.Linear(3 * 8 * 8, 1), method, training, tmp_path / "run", tmp_path / "state", "h")
+    with pytest.raises(FloatingPointError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert f"non-finite loss {bad} in step 1/2 of pass 2" in message
+    batch = method.loader(1).paths(0)
+    assert len(batch) == 4 and f"the batch's images: {', '.join(batch)}" in message
+    assert all(str(tmp_path / "images") in path for path in batch)
+    state = tmp_path / "state" / STATE_FILE
+    assert f"the last good state is kept in {state}" in message
+    assert torch.load(state, weights_only=True)["passes_done"] == 1
+    rerun = Trainer(nn.Linear(3 * 8 * 8, 1), method, training, tmp_path / "run", tmp_path / "state", "h").fit()
+    assert [row["pass"] for row in rerun["rows"]] == [1, 2, 3]  # diverging no more
+    assert f"resuming after pass 1/3 from {state}" in capsys.readouterr().out

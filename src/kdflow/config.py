@@ -327,7 +327,28 @@ def _svd_errors(cfg, where, run, options, method) -> list[str]:
     problems: list[str] = []
     if options.get("svd_subset") is not None:
         _check_ref(problems, f"{where}.{method}.svd_subset", options["svd_subset"], "subsets", cfg, "subset")
+    problems += _svd_width_errors(cfg, where, run)
     return problems
+
+
+def _svd_width_errors(cfg, where, run) -> list[str]:
+    """The SVD basis of a teacher of width D spans D directions: a student wider than that has
+    no KDEP target for its extra dimensions (found here, not days later in the SVD job)."""
+    from kdflow.models.widths import feature_width
+
+    student = cfg.get("students", {}).get(run.get("student"))
+    teacher = cfg.get("teachers", {}).get(run.get("teacher"))
+    if not student or not teacher:
+        return []  # an undefined reference, reported by _check_ref
+    try:
+        s_width, t_width = feature_width(student["arch"]), feature_width(teacher["arch"])
+    except Exception:  # not a timm name: the job names it when it builds the network
+        return []
+    if s_width <= t_width:
+        return []
+    return [f"{where}.student: {run['student']!r} ({student['arch']}) has {s_width} feature dimensions, more "
+            f"than the {t_width} of teacher {run['teacher']!r} ({teacher['arch']}), whose SVD basis "
+            f"spans at most {t_width}: choose a narrower student or a wider teacher"]
 
 
 def _soft_label_errors(cfg, where, run, options, method) -> list[str]:

@@ -190,10 +190,14 @@ class ManifestDataset:
     def __len__(self) -> int:
         return len(self.manifest.samples)
 
+    def path(self, i: int) -> str:
+        """Where item ``i``'s image is (a failing step names its batch's images by it)."""
+        return str(self.manifest.root / self.manifest.samples[i].path)
+
     def load(self, i: int):
         from PIL import Image, UnidentifiedImageError
 
-        full = self.manifest.root / self.manifest.samples[i].path
+        full = self.path(i)
         try:
             with Image.open(full) as img:
                 return to_rgb(img)

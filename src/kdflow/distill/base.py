@@ -196,6 +196,14 @@ class ManifestBatches:
         n = len(self.indices)
         return n // self.batch if self.drop_last else -(-n // self.batch)
 
+    def paths(self, step: int) -> list[str]:
+        """The image files of this rank's batch at ``step`` (a non-finite loss names them); empty
+        when the dataset does not say where its items come from."""
+        path = getattr(self.dataset.dataset, "path", None)
+        if path is None:
+            return []
+        return [path(j) for j in self.indices[step * self.batch:(step + 1) * self.batch]]
+
     def skip(self, steps: int) -> None:
         if not 0 <= steps <= len(self):
             raise ValueError(f"cannot start pass {self.pass_index} at step {steps} of {len(self)}")

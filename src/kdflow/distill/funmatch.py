@@ -83,6 +83,9 @@ class TwoViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def path(self, i: int) -> str:
+        return self.images.path(i)
+
     def __getitem__(self, i: int) -> dict:
         image = self.images.load(i)
         return {"image": self.transform(image), "teacher_image": self.transform(image),

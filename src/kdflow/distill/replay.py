@@ -46,12 +46,14 @@ class ReplayDataset:
         rng = np.random.default_rng([self.seed, self.pass_index, i])
         return np.sort(rng.choice(self.store.crops_per_image, size=self.n, replace=False))
 
+    def path(self, i: int) -> str:
+        return self.images.path(i)
+
     def __getitem__(self, i: int) -> dict:
         image = self.images.load(i)
         rows = self.choose(i)
         records = self.store.records(i)
-        path = str(self.images.manifest.root / self.images.manifest.samples[i].path)
-        plan = self.store.plan(i, image.width, image.height, records, path).take(rows)
+        plan = self.store.plan(i, image.width, image.height, records, self.path(i)).take(rows)
         crops = cut_crops(image, plan, self.size, self.interpolation)
         label = self.images.manifest.samples[i].index
         stored = {k: v for k, v in record_tensors(records[rows]).items() if k in self.store.codec.fields}

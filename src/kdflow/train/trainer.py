@@ -178,6 +178,7 @@ class Trainer:
         self.rows: list[dict] = []
         self.interruptions: list[dict] = []  # stop signals this run saved on (kept in its provenance)
         self._synced_params: list[nn.Parameter] = []  # the method's, averaged over ranks (set by fit)
+        self._batches = None  # the running pass's loader
 
     # --------------------------------------------------------------------------- setup
     def _prepare_model(self) -> nn.Module:
@@ -399,6 +400,7 @@ class Trainer:
         for module in self.method.trainable_modules().values():
             module.train()
         batches = self.method.loader(p)
+        self._batches = batches  # a non-finite loss names its batch's images
         steps = len(batches)
         base_lr = self.training["optim"]["lr"]
         max_norm = self.training["optim"]["clip_grad_norm"]
@@ -471,11 +473,28 @@ class Trainer:
         # every rank checks the same step (they run in lockstep), so ``checked`` is set wherever a rank's is
         step, value = checked if checked is not None else (None, math.nan)
         where = f"in step {step + 1 if step is not None else '?'}/{steps} of pass {p + 1}"
+        kept = self._kept_state()
         if self.ctx.world_size == 1:
-            return f"[{self.desc}] non-finite loss {value} {where}; stopped before saving the weights trained on it"
-        here = f" ({value} on this rank)" if not math.isfinite(value) else ""
+            return (f"[{self.desc}] non-finite loss {value} {where}; stopped before saving the weights trained on it"
+                    f"{self._batch_images(step)}; {kept}")
+        here = f" ({value} on this rank){self._batch_images(step)}" if not math.isfinite(value) else ""
         return (f"[{self.desc}] non-finite loss {where} on rank {', '.join(map(str, ranks))}{here}; every rank "
-                "stopped before saving the weights trained on it")
+                f"stopped before saving the weights trained on it; {kept}")
+
+    def _batch_images(self, step: int | None, shown: int = 16) -> str:
+        """The step's images on this rank, as the loader says (a corrupt or extreme image is the
+        usual cause of a non-finite loss that a lower learning rate does not explain)."""
+        paths = getattr(self._batches, "paths", None)
+        images = paths(step) if paths is not None and step is not None else []
+        if not images:
+            return ""
+        more = f" and {len(images) - shown} more" if len(images) > shown else ""
+        return f"; the batch's images: {', '.join(images[:shown])}{more}"
+
+    def _kept_state(self) -> str:
+        if self.state_path.exists():
+            return f"the last good state is kept in {self.state_path} (a re-run resumes from it)"
+        return "no state was saved before it (a re-run starts over)"
 
     def _over_ranks(self, seen: int, sums: dict) -> tuple[int, dict[str, float]]:
         """Images and per-image loss sums of all ranks (the log shows the global batch's values)."""

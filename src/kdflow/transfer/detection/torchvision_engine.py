@@ -128,6 +128,9 @@ class DetectionItems(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def path(self, i: int) -> str:
+        return str(self.manifest.path(self.manifest.samples[self.indices[i]]))
+
     def __getitem__(self, i: int):
         from PIL import Image
 
