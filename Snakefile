@@ -38,3 +38,18 @@ rule all:
     default_target: True
     input:
         final_targets(),
+
+
+# One run at a time per results root (kdflow.lock): Snakemake locks the working directory only, and
+# a second run from another directory on the same results would write the same files. Taken when
+# jobs are about to start (not for a dry run), released when the run ends.
+onstart:
+    results_lock.acquire(R)
+
+
+onsuccess:
+    results_lock.release(R)
+
+
+onerror:
+    results_lock.release(R)

@@ -15,7 +15,7 @@ rule gpu_check:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=by_attempt(2000),
         runtime=10,
         gpu=1,
     script:

@@ -10,6 +10,7 @@
 from pathlib import Path
 
 import kdflow.config as kcfg
+from kdflow import lock as results_lock
 from kdflow import paths
 from kdflow.data.content import dataset_content
 from kdflow.report import outputs as report_outputs
@@ -27,6 +28,16 @@ USED_DATASETS = sorted(
 )
 kcfg.check_dataset_roots(CFG, USED_DATASETS)
 METHODS = {name: kcfg.method_of(CFG, name) for name in CFG["pretrain"]}
+
+
+def by_attempt(mem_mb):
+    """A job's memory, scaled by its attempt: a job the cluster killed for memory (exit 137,
+    SLURM's OUT_OF_MEMORY) is resubmitted by the profile's retries asking for 2x, then 3x."""
+
+    def scaled(wildcards, attempt):
+        return mem_mb * attempt
+
+    return scaled
 
 
 def _names(section):

@@ -13,7 +13,7 @@ rule demo_data:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=by_attempt(2000),
         runtime=30,
         gpu=0,
     params:
@@ -36,7 +36,7 @@ rule prepare_dataset:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=by_attempt(4000),
         runtime=120,
         gpu=0,
     params:
@@ -58,7 +58,7 @@ rule imagenet_subset:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=by_attempt(2000),
         runtime=60,
         gpu=0,
     params:

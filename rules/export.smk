@@ -18,7 +18,7 @@ rule export_mmseg:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=by_attempt(4000),
         runtime=30,
         gpu=0,
     params:
@@ -42,7 +42,7 @@ rule export_detectron2:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=by_attempt(4000),
         runtime=30,
         gpu=0,
     params:

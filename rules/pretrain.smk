@@ -19,7 +19,7 @@ rule pretrain:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=32000,
+        mem_mb=by_attempt(32000),
         runtime=2880,
         gpu=1,
     params:

@@ -31,7 +31,7 @@ rule collect_results:
         "../envs/report.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=by_attempt(2000),
         runtime=10,
         gpu=0,
     params:
@@ -68,7 +68,7 @@ rule tables:
         "../envs/report.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=by_attempt(2000),
         runtime=10,
         gpu=0,
     params:
@@ -103,7 +103,7 @@ rule plots:
         "../envs/report.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=by_attempt(2000),
         runtime=10,
         gpu=0,
     params:

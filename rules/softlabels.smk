@@ -19,7 +19,7 @@ rule fkd_soft_label_shard:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=by_attempt(16000),
         runtime=1440,
         gpu=1,
     params:
@@ -42,7 +42,7 @@ rule fkd_soft_labels:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=by_attempt(4000),
         runtime=60,
         gpu=0,
     params:

@@ -16,7 +16,7 @@ rule teacher:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=by_attempt(16000),
         runtime=1440,
         gpu=1,
     params:
@@ -38,7 +38,7 @@ rule teacher_eval:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=by_attempt(8000),
         runtime=120,
         gpu=1,
     params:
@@ -62,7 +62,7 @@ rule svd_weights:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=by_attempt(16000),
         runtime=240,
         gpu=1,
     params:

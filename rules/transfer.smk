@@ -20,7 +20,7 @@ rule transfer_cls:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=by_attempt(8000),
         runtime=720,
         gpu=1,
     params:
@@ -42,7 +42,7 @@ rule transfer_seg:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=by_attempt(16000),
         runtime=1440,
         gpu=1,
     params:
@@ -64,7 +64,7 @@ rule transfer_det:
         "../envs/kdflow.yaml"
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=by_attempt(16000),
         runtime=1440,
         gpu=1,
     params:

@@ -48,12 +48,20 @@ def test_cluster_profile(users: dict, cluster: LocalSlurm) -> dict:
     for resources in profile["set-resources"].values():
         if "gpu" in resources:
             resources["gpu"] = min(resources["gpu"], len(FAKE_GPUS))
-        if "mem_mb" in resources:
-            resources["mem_mb"] = min(resources["mem_mb"], cluster.memory_mb // 2)
+        if "mem_mb" in resources:  # "N * attempt": N capped, the scaling by attempt kept
+            asked = _memory_per_attempt(resources["mem_mb"])
+            resources["mem_mb"] = f"{min(asked, cluster.memory_mb // 4)} * attempt"
     return profile
 
 
 test_cluster_profile.__test__ = False  # a helper, not a test
+
+
+def _memory_per_attempt(expression: str) -> int:
+    """N of the profile's ``mem_mb: "N * attempt"``."""
+    match = re.fullmatch(r"(\d+) \* attempt", str(expression))
+    assert match, f"profiles/slurm: mem_mb {expression!r} does not scale with the attempt"
+    return int(match.group(1))
 
 
 def _config(results: Path) -> dict:
@@ -307,3 +315,28 @@ def test_the_pre_timeout_signal_saves_mid_epoch_and_the_resubmitted_job_resumes(
               if j["Comment"].startswith("rule_pretrain") and j["WorkDir"] == str(flow.root)]
     assert states == ["FAILED", "COMPLETED"], states
     _assert_equal_weights(dag[0].student(), flow.student())
+
+
+def test_a_job_killed_for_memory_is_resubmitted_asking_for_more(cluster, profile_dir, tmp_path):
+    """The cluster's OOM killer SIGKILLs a job (exit 137; SLURM's OUT_OF_MEMORY): the profile's
+    retry resubmits it, and its mem_mb ("N * attempt") asks SLURM for twice the memory."""
+    base = _memory_per_attempt(yaml.safe_load((profile_dir / "config.yaml").read_text())["default-resources"]["mem_mb"])
+    root = tmp_path / "oom"
+    root.mkdir()
+    (root / "Snakefile").write_text(
+        "rule hungry:\n"
+        "    output: 'hungry.txt'\n"
+        "    shell: 'echo attempt mem_mb={resources.mem_mb} >> attempts.txt; '\n"
+        f"           'if [ {{resources.mem_mb}} -lt {2 * base} ]; then kill -9 $$; fi; '  # as the OOM killer would\n"
+        "           'echo mem_mb={resources.mem_mb} > {output}'\n")
+    env = cluster.env
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    out = subprocess.run([tool("snakemake"), "--profile", str(profile_dir), "--verbose", "hungry.txt"], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=SNAKEMAKE_LIMIT)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert (root / "attempts.txt").read_text().split() == ["attempt", f"mem_mb={base}", "attempt", f"mem_mb={2 * base}"]
+    assert (root / "hungry.txt").read_text().split() == [f"mem_mb={2 * base}"]
+    asked = [int(m) for m in re.findall(r"^sbatch call: sbatch .*--mem (\d+)", out.stdout + out.stderr, re.M)]
+    assert asked == [base, 2 * base], asked
+    jobs = [(j["JobState"], j["MinMemoryNode"]) for j in cluster.jobs() if j["WorkDir"] == str(root)]
+    assert jobs == [("FAILED", f"{base}M"), ("COMPLETED", f"{2 * base}M")], jobs  # what SLURM granted

@@ -212,3 +212,86 @@ def test_touching_the_report_reruns_report_jobs_only(tiny_run, what, tmp_path):
     planned = _planned_after(config, change)
     assert planned and set(planned) <= REPORT_JOBS, planned
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(config, "-n"))  # restored
+
+
+def _snapshot(results) -> dict[str, tuple[bytes, int]]:
+    """Every transfer result: its bytes and modification time."""
+    return {str(p.relative_to(results)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted((results / "transfer").rglob("metrics.json"))}
+
+
+def test_a_failed_transfer_leaves_every_other_result_and_a_rerun_redoes_only_it(tiny_run):
+    """One transfer job fails (its student file was cut short); the cluster profile's keep-going
+    lets the others finish. Snakemake reports the failure, every other result is intact, and once
+    the cause is fixed a re-run plans that job and the report only."""
+    import os
+
+    config, results = tiny_run
+    tdown = results / "transfer" / "classification" / "tdown"
+    failing, other = tdown / "kdep" / "seed1" / "metrics.json", tdown / "sup" / "seed1" / "metrics.json"
+    failing.unlink()
+    other.unlink()
+    before = _snapshot(results)
+    student = results / "pretrain" / "kdep" / "student.safetensors"
+    good, stat = student.read_bytes(), student.stat()
+    student.write_bytes(good[:len(good) // 2])
+    os.utime(student, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same age: only the transfer fails
+    try:
+        failed = snakemake(config, "--keep-going")
+    finally:
+        student.write_bytes(good)
+        os.utime(student, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    out = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert re.search(rf"Error in rule transfer_cls:\n(?:    .*\n)*?    output: {re.escape(str(failing))}\n", out), out[-4000:]
+    log = (results / "logs" / "transfer_cls" / "tdown" / "kdep" / "seed1.log").read_text()
+    assert str(student) in log and "CheckpointError" in log, log[-3000:]
+    assert not failing.exists() and other.exists()  # the other job of the run was done
+    after = _snapshot(results)
+    assert {k: v for k, v in after.items() if k != str(other.relative_to(results))} == before
+    dry = snakemake(config, "-n")
+    assert planned_jobs(dry.stdout + dry.stderr) == {"transfer_cls": 1, "collect_results": 1, "tables": 1,
+                                                     "plots": 1, "all": 1}
+    again = snakemake(config)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert failing.exists() and _snapshot(results)[str(other.relative_to(results))] == after[str(other.relative_to(results))]
+
+
+def test_a_second_run_on_the_same_results_is_refused_also_from_another_directory(tiny_run, tmp_path):
+    """Snakemake locks its working directory; kdflow's lock on the results root also refuses a run
+    started from another directory. A dry run never takes it; a crashed holder's lock is taken over."""
+    import sys
+    import time
+
+    from kdflow.lock import lock_path
+
+    config, results = tiny_run
+    lock = lock_path(results)
+    assert not lock.exists()  # every earlier run released it
+    victim = results / "transfer" / "classification" / "tdown" / "sup" / "seed0" / "metrics.json"
+    victim.unlink()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom kdflow import lock\n"
+                               f"lock.acquire({str(results)!r}); print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        other_dir = tmp_path / "elsewhere"
+        other_dir.mkdir()
+        cmd = [tool("snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(other_dir),
+               "--configfile", str(config), "--cores", "2"]
+        assert subprocess.run([*cmd, "-n"], capture_output=True, text=True, timeout=600).returncode == 0  # dry: no lock
+        refused = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        out = refused.stdout + refused.stderr
+        assert refused.returncode != 0
+        assert f"{results} is in use by another Snakemake run (pid {holder.pid} on" in out, out[-3000:]
+        assert f"delete {lock} and start again" in out
+        assert not victim.exists() and lock.exists()  # no job ran; the holder's lock is left alone
+    finally:
+        holder.kill()
+        holder.wait()
+    started = time.time()
+    again = snakemake(config)  # the holder is gone: its lock is stale and taken over
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert f"{lock} was left by pid {holder.pid}" in again.stderr and "taking it over" in again.stderr
+    assert victim.exists() and not lock.exists()
+    print(f"re-run after a stale lock: {time.time() - started:.0f} s")

@@ -143,6 +143,18 @@ def test_every_rule_has_log_benchmark_env_and_no_lambda():
     assert "lambda" not in text + (REPO / "Snakefile").read_text()
 
 
+def test_every_jobs_memory_grows_with_its_attempt():
+    """A job killed for memory (exit 137) is retried asking for more: every rule's mem_mb and every
+    mem_mb of the SLURM profile scales with Snakemake's attempt."""
+    text = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
+    asked = re.findall(r"mem_mb=([^\n]+)", text)
+    assert asked and all(re.fullmatch(r"by_attempt\(\d+\),", a) for a in asked), asked
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    blocks = [profile["default-resources"], *profile["set-resources"].values()]
+    for expression in (b["mem_mb"] for b in blocks if "mem_mb" in b):
+        assert re.fullmatch(r"\d+ \* attempt", expression), expression
+
+
 def _rule_gpus() -> dict[str, int]:
     text = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^rule (\w+):(?:(?!^rule ).)*?gpu=(\d+)", text, re.M | re.S)}
