@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,60 @@ def read_manifest_of(dataset):
     from kdflow.data.imagefolder import split_manifest
 
     return split_manifest(dataset, "train")
+
+
+def _dataset_with_undecodable_files(tmp_path, policy: str):
+    """An ImageFolder dataset (train and val) with a truncated JPEG and a zero-byte file among
+    good and unusual-but-decodable images, and its resolved config entry under ``policy``."""
+    import yaml
+
+    from conftest import REPO
+    from kdflow.config import resolve_dataset, validate_config
+
+    root = make_imagefolder(tmp_path / "ds", {"n01": 4, "n02": 4}, size=16)
+    make_imagefolder(root, {"n01": 2, "n02": 2}, split="val", size=16)
+    for split in ("train", "val"):
+        _unusual_images(root / split / "n03")
+    good = (root / "train" / "n01" / "n01_000.JPEG").read_bytes()
+    truncated = root / "train" / "n01" / "n01_001.JPEG"
+    truncated.write_bytes(good[:len(good) // 2])
+    empty = root / "val" / "n02" / "n02_000.JPEG"
+    empty.write_bytes(b"")
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    cfg["datasets"]["photos"] = {"root": str(root), "image_check": {"policy": policy}}
+    return resolve_dataset(validate_config(cfg), "photos"), [truncated, empty]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_preparation_check_finds_every_undecodable_file_before_a_manifest_is_written(tmp_path, workers):
+    """image_check policy fail: the prepare job fails naming every undecodable file of both splits
+    and writes no manifest (nothing downstream starts); decodable-but-unusual images pass."""
+    from kdflow.jobs.data import prepare_dataset
+
+    dataset, bad = _dataset_with_undecodable_files(tmp_path, "fail")
+    manifests = {split: tmp_path / "results" / f"{split}.tsv" for split in ("train", "test")}
+    with pytest.raises(DatasetError) as err:
+        prepare_dataset(dataset, manifests, workers=workers)
+    assert re.search(rf"2 file\(s\) of 24 samples cannot be decoded:\n  {re.escape(str(bad[0]))}: OSError: Truncated "
+                     rf"File Read\n  {re.escape(str(bad[1]))}: UnidentifiedImageError", str(err.value))
+    assert "image_check: {policy: skip}" in str(err.value)
+    assert not any(p.exists() for p in manifests.values())
+
+
+def test_the_preparation_check_under_skip_leaves_them_out_and_names_them_in_provenance(tmp_path):
+    import json
+
+    from kdflow.jobs.data import prepare_dataset
+
+    dataset, bad = _dataset_with_undecodable_files(tmp_path, "skip")
+    manifests = {split: tmp_path / "results" / "datasets" / f"{split}.tsv" for split in ("train", "test")}
+    counts = prepare_dataset(dataset, manifests, workers=2)
+    assert counts == {"train": {"images": 13, "classes": 3}, "test": {"images": 9, "classes": 3}}
+    listed = {split: manifests[split].read_text() for split in manifests}
+    assert "n01_001.JPEG" not in listed["train"] and "grey16.png" in listed["train"]
+    assert "n02_000.JPEG" not in listed["test"] and "n02_001.JPEG" in listed["test"]
+    report = json.loads((manifests["train"].parent / "provenance.json").read_text())["image_check"]
+    assert [p["path"] for p in report["train"]["undecodable"]] == [str(bad[0])]
+    assert [p["path"] for p in report["test"]["undecodable"]] == [str(bad[1])]
+    assert report["train"]["skipped"] == 1 and report["train"]["samples"] == 14 and report["train"]["policy"] == "skip"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdflow.data import demo
+from kdflow.data.image_check import check_images
 from kdflow.data.imagefolder import read_manifest, write_manifest
 from kdflow.data.prepare import SPLITS, prepare
 from kdflow.data.detection import DetManifest, write_det_manifest
@@ -25,19 +26,25 @@ def demo_data(name: str, spec: dict, out_dir: str | Path) -> dict:
     return summary
 
 
-def prepare_dataset(dataset: dict, manifests: dict[str, str | Path]) -> dict:
+def prepare_dataset(dataset: dict, manifests: dict[str, str | Path], workers: int = 1) -> dict:
     """Write the ``train`` and ``test`` manifests of a resolved dataset entry (segmentation or
-    detection manifests for those formats)."""
+    detection manifests for those formats). With the dataset's ``image_check``, every file is
+    decoded first (``workers`` processes), before any manifest is written."""
     prov = Provenance("prepare_dataset", name=dataset["name"], config=dataset)
     prov.add_inputs([dataset[key] for key in ("root", "sbd_root") if dataset.get(key)])
     prepared = prepare(dataset, dataset["work_dir"])
+    extra = {}
+    if dataset.get("image_check"):
+        prepared, extra["image_check"] = check_images({split: prepared[split] for split in SPLITS},
+                                                      dataset["image_check"]["policy"], workers,
+                                                      f"image check {dataset['name']}")
     counts = {}
     for split in SPLITS:
         write = {SegManifest: write_seg_manifest, DetManifest: write_det_manifest}.get(type(prepared[split]),
                                                                                       write_manifest)
         write(manifests[split], prepared[split], dataset["name"])
         counts[split] = {"images": len(prepared[split]), "classes": prepared[split].num_classes}
-    prov.write(Path(manifests["train"]).parent / "provenance.json", extra={"counts": counts})
+    prov.write(Path(manifests["train"]).parent / "provenance.json", extra={"counts": counts, **extra})
     print(f"[prepare_dataset {dataset['name']}] {counts}", flush=True)
     return counts
 
