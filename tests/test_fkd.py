@@ -4,6 +4,7 @@ the importer of FKD's published files, replayed crops, soft cross-entropy and ep
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -379,3 +380,94 @@ def test_mixup_and_cutmix_mix_crops_and_labels_with_one_lambda(cutmix_prob):
         else:  # every pixel is lam * own + (1 - lam) * partner
             assert torch.allclose(out["image"][b], torch.full((3, 8, 8), lam * b + (1 - lam) * float(partner[b])))
     assert torch.allclose(out["target"].sum(1), torch.ones(4))
+
+
+# --------------------------------------------------------------------------- labels over more classes than the data
+def _wnid_dataset(root, wnids, per_class: int, split: str) -> None:
+    """Solid-colour images (one colour per class, some noise) in ImageNet wnid folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(len(split))
+    colours = [(220, 30, 30), (30, 220, 30), (30, 30, 220)]
+    for c, wnid in enumerate(wnids):
+        (root / split / wnid).mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            pixels = np.clip(np.array(colours[c]) + rng.normal(0, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / split / wnid / f"{wnid}_{k}.JPEG")
+
+
+def test_fkd_labels_over_imagenet_1k_train_and_evaluate_on_a_3_class_subset(tmp_path):
+    """FKD's released labels are over ImageNet-1k's 1000 classes; on a subset of a few classes the
+    student's head has the labels' 1000 classes, and its evaluation maps the subset's wnids onto
+    them by name (before, the job stopped when it started: 3 data classes against a 1000-class head)."""
+    import json
+
+    import yaml
+    from timm.data import ImageNetInfo
+
+    from conftest import REPO
+    from kdflow import paths
+    from kdflow.config import load_config, resolve_dataset, resolve_run, resolve_soft_labels, resolve_subset
+    from kdflow.jobs.data import imagenet_subset, prepare_dataset
+    from kdflow.jobs.pretrain import pretrain
+
+    imagenet = list(ImageNetInfo().label_names())
+    wnids = [imagenet[500], imagenet[5], imagenet[50]]  # sorted: 5, 50, 500 -> subset classes 0, 1, 2
+    root = tmp_path / "in3"
+    _wnid_dataset(root, wnids, 8, "train")
+    _wnid_dataset(root, wnids, 4, "val")
+    fkd = tmp_path / "fkd_release" / "imagenet"
+    for wnid in wnids:  # every crop: the whole image, 90 % on the image's own class
+        (fkd / "train" / wnid).mkdir(parents=True)
+        top = imagenet.index(wnid)
+        for k in range(8):
+            idx = np.array([[top, 1, 2, 3, 4]] * 2, dtype=np.float32)
+            probs = np.array([[0.9, 0.04, 0.03, 0.02, 0.01]] * 2, dtype=np.float32)
+            torch.save([np.array([[0, 0, 1, 1]] * 2, np.float32), np.zeros(2, bool), np.stack([idx, probs], 1)],
+                       fkd / "train" / wnid / f"{wnid}_{k}.tar")
+    cfg = yaml.safe_load((REPO / "tests" / "data" / "tiny_config.yaml").read_text())
+    training = {**cfg["_train"], "epochs": 30, "batch_size": 8, "optim": {"lr": 0.1}, "schedule": {"name": "cosine"}}
+    cfg.update(results=str(tmp_path / "results"), datasets={"in3": {"root": str(root)}},
+               subsets={"in3_all": {"dataset": "in3", "fraction": 1.0, "seed": 0}},
+               soft_labels={"released": {"data": "in3_all", "label": {"type": "marginal_smoothing", "k": 5},
+                                         "shards": 1, "workers": 0,
+                                         "import": {"root": str(fkd), "classes": "imagenet1k"}}},
+               pretrain={"fkd": {"method": "fkd", "student": "tres", "data": "in3_all", "training": training,
+                                 "fkd": {"soft_labels": "released", "crops_per_visit": 2, "single_crop_epochs": 0,
+                                         "size": 16}}},
+               teachers={}, demo={}, transfer={"protocols": {}, "grids": {}})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    cfg = load_config(tmp_path / "cfg.yaml")
+    results = cfg["results"]
+    manifests = {split: paths.dataset_manifest(results, "in3", split) for split in ("train", "test")}
+    prepare_dataset(resolve_dataset(cfg, "in3"), manifests)
+    subset = paths.subset_manifest(results, "in3_all")
+    imagenet_subset(resolve_subset(cfg, "in3_all"), manifests["train"], subset)
+    store = Path(paths.soft_labels_dir(results, "released"))
+    spec = resolve_soft_labels(cfg, "released")
+    soft_label_shard(spec, subset, 0, store, tmp_path / "state")
+    soft_label_store(spec, subset, store)
+    assert json.loads((store / "store.json").read_text())["classes"] == imagenet
+
+    out = tmp_path / "results" / "pretrain" / "fkd"
+    result = pretrain(resolve_run(cfg, "fkd"), subset, out, tmp_path / "state_fkd",
+                      artefacts={"soft_labels": store / "store.json"}, val_manifest_path=manifests["test"])
+    assert result["rows"][-1]["val_top1"] == 100.0  # the 3 colours, read through the wnids' ImageNet logits
+
+
+def test_a_data_class_missing_from_the_label_classes_is_named(tmp_path):
+    from kdflow.data.imagefolder import Manifest, Sample, write_manifest
+    from kdflow.jobs.pretrain import _head_evaluation
+
+    from PIL import Image
+
+    (tmp_path / "cats").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "cats" / "x.png")
+    data = Manifest(root=tmp_path, samples=[Sample("cats/x.png", "cats", 0)], classes=["cats", "n01440764"])
+    write_manifest(tmp_path / "val.tsv", data, "d")
+    student = Network("test_resnet", num_classes=3)
+    with pytest.raises(ValueError, match=r"1 of the data's 2 classes are not among the head's 3 label classes "
+                                         r"\(first: cats\)"):
+        _head_evaluation(student, data, tmp_path / "val.tsv", {"name": "d", "root": tmp_path, "work_dir": tmp_path}, {},
+                         None,
+                         head_names=["n01440764", "n01443537", "n01484850"])

@@ -114,6 +114,14 @@ class Method:
         method declared with ``head: True`` may return more than 0."""
         return 0
 
+    @classmethod
+    def head_class_names(cls, data: Manifest, artefacts: dict, teacher: nn.Module | None,
+                         options: dict) -> list[str] | None:
+        """Names of the head's classes, in index order, when they are not the run's data classes
+        (FKD's 1000 ImageNet classes on a 100-class subset): the student's evaluation maps the
+        data's classes onto them by name. None: the head's classes are the data's."""
+        return None
+
     # (c) -------------------------------------------------------------------------------------
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {}

@@ -78,6 +78,10 @@ class FKD(ReplayingMethod):
     def head_classes(cls, data, artefacts, teacher, options) -> int:
         return SoftLabelStore(artefacts["soft_labels"], verify=False).codec.num_classes
 
+    @classmethod
+    def head_class_names(cls, data, artefacts, teacher, options) -> list[str] | None:
+        return SoftLabelStore(artefacts["soft_labels"], verify=False).meta.get("classes")
+
     def prepare(self, batch: dict) -> dict:
         """Visits flattened to crops on the device; soft targets recovered there."""
         flat = self.replay.flatten(batch)

@@ -59,15 +59,31 @@ def import_student(run, out_dir: str | Path) -> dict:
     return extra
 
 
-def _head_evaluation(student: Network, data, val_manifest_path, dataset: dict, training: dict, dist):
-    """Top-1 of the student's own head on the pre-training dataset's test split."""
+def _head_evaluation(student: Network, data, val_manifest_path, dataset: dict, training: dict, dist,
+                     head_names: list[str] | None = None):
+    """Top-1 of the student's own head on the pre-training dataset's test split. A head over other
+    classes than the data's (``head_names``: FKD's 1000-class labels on a 100-class subset) is
+    read through the data's classes, mapped onto the head's by name: the prediction is the best
+    of the data's classes."""
     from kdflow.train.evaluate import val_top1
 
     val = read_manifest(val_manifest_path, dataset)
-    if val.classes != data.classes or student.net.num_classes != val.num_classes:
-        raise ValueError(f"{val_manifest_path}: its {val.num_classes} classes are not the student head's "
-                         f"{student.net.num_classes} classes of {len(data.classes)}-class training data")
-    return val_top1(val, training, dist.device)
+    if val.classes != data.classes:
+        raise ValueError(f"{val_manifest_path}: its classes are not those of the run's training data")
+    if head_names is None:
+        if student.net.num_classes != val.num_classes:
+            raise ValueError(f"the student's head has {student.net.num_classes} classes, the data {val.num_classes}, "
+                             "and the method does not name the head's classes to map the data's onto")
+        return val_top1(val, training, dist.device)
+    if len(head_names) != student.net.num_classes:
+        raise ValueError(f"{len(head_names)} head class names for a head of {student.net.num_classes} classes")
+    place = {name: k for k, name in enumerate(head_names)}
+    missing = [name for name in val.classes if name not in place]
+    if missing:
+        raise ValueError(f"{len(missing)} of the data's {val.num_classes} classes are not among the head's "
+                         f"{len(head_names)} label classes (first: {', '.join(missing[:5])}); the dataset's class "
+                         "names must be the labels' (e.g. ImageNet wnids for FKD's released labels)")
+    return val_top1(val, training, dist.device, class_map=[place[name] for name in val.classes])
 
 
 def pretrain(run, manifest_path: str | Path, out_dir: str | Path, state_dir: str | Path,
@@ -105,7 +121,8 @@ def pretrain(run, manifest_path: str | Path, out_dir: str | Path, state_dir: str
                       input_spec=InputSpec.from_config(run["student"].get("input")))
     artefacts["student_width"] = student.num_features
     # a method declared with a head may leave it out (VkD without its logit terms): then nothing to evaluate
-    evaluate = (_head_evaluation(student, data, val_manifest_path, dataset, training, dist)
+    head_names = method.head_class_names(data, artefacts, teacher, options) if classes else None
+    evaluate = (_head_evaluation(student, data, val_manifest_path, dataset, training, dist, head_names)
                 if val_manifest_path and classes else None)
     result = train(run["method"], student, data, training, seed=training["seed"], run_dir=out_dir,
                    state_dir=state_dir, config_hash=run.hash, dist=dist, teacher=teacher,

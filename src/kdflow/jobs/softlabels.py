@@ -208,10 +208,35 @@ def soft_label_job_paths(cfg: dict, labels: str) -> dict:
             "state": paths.state_dir(results, "softlabels", labels)}
 
 
+def label_classes(spec: dict, manifest: Manifest) -> list[str] | None:
+    """The names of an imported store's label classes, in index order (None: only their count is
+    known): ``import.classes`` (imagenet1k, or a file of one name per line), else the subset's
+    classes unless ``import.num_classes`` says there are other ones."""
+    source, count = spec["import"].get("classes"), spec["import"].get("num_classes")
+    if source is None:
+        return None if count and count != manifest.num_classes else list(manifest.classes)
+    if source == "imagenet1k":
+        from timm.data import ImageNetInfo
+
+        names = list(ImageNetInfo().label_names())
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SoftLabelError(f"soft_labels {spec['name']!r}: import.classes file not found: {path}")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise SoftLabelError(f"{path}: import.classes needs at least 2 distinct names, one per line")
+    if count and count != len(names):
+        raise SoftLabelError(f"soft_labels {spec['name']!r}: import.num_classes {count} but import.classes "
+                             f"{source!r} names {len(names)} classes")
+    return names
+
+
 def _setup(spec: dict, manifest: Manifest, teacher_path):
     """(codec, crops per image, teacher or None)."""
     if "import" in spec:
-        num_classes = spec["import"].get("num_classes") or manifest.num_classes
+        names = label_classes(spec, manifest)
+        num_classes = len(names) if names else spec["import"]["num_classes"]
         return codec_for(spec, num_classes), imported_crops_per_image(spec, manifest), None
     teacher = load_teacher(teacher_path)
     teacher.eval()
@@ -303,6 +328,9 @@ def soft_label_store(spec: dict, manifest_path: str | Path, out_folder: str | Pa
         meta["teacher"] = {"name": gen["teacher"]["name"], "sha256": sha256_file(teacher_path)}
     else:
         meta["source"] = {"fkd_files": str(spec["import"]["root"])}
+        names = label_classes(spec, manifest)
+        if names:  # what the student's evaluation maps the run's classes onto
+            meta["classes"] = names
     store = assemble_store(out_folder, spec["shards"], meta)
     prov = Provenance("soft_labels", name=spec["name"], config=spec, seeds={"crops": spec["seed"]})
     prov.add_inputs([p for p in (manifest_path, teacher_path) if p])

@@ -35,9 +35,12 @@ def _counts_over_ranks(correct: int, total: int, device: torch.device, world: in
 
 @torch.no_grad()
 def top1(model, manifest: Manifest, eval_spec: dict, device: torch.device, batch_size: int = 256,
-         workers: int = 0) -> float:
+         workers: int = 0, class_map: list[int] | None = None) -> float:
     """Top-1 accuracy in percent of ``model`` (a ``Network``) on every image of ``manifest``; a
-    collective under DDP (every rank must call it; see the module docstring)."""
+    collective under DDP (every rank must call it; see the module docstring). ``class_map[c]``:
+    the logit of the manifest's class ``c`` when the head has other classes (the prediction is
+    the best of the manifest's classes)."""
+    columns = torch.tensor(class_map, device=device) if class_map is not None else None
     world = initialised_world()
     rank = dist.get_rank() if world > 1 else 0
     dataset = _shard(ManifestDataset(manifest, eval_transform(eval_spec)), rank, world)
@@ -47,6 +50,8 @@ def top1(model, manifest: Manifest, eval_spec: dict, device: torch.device, batch
     correct = total = 0
     for images, labels in loader:
         logits = model(images.to(device), output="logits")
+        if columns is not None:
+            logits = logits.index_select(1, columns)
         correct += int((logits.argmax(1).cpu() == labels).sum())
         total += int(labels.numel())
     model.train(was_training)
@@ -54,10 +59,11 @@ def top1(model, manifest: Manifest, eval_spec: dict, device: torch.device, batch
     return 100.0 * correct / max(total, 1)
 
 
-def val_top1(manifest: Manifest, training: dict, device: torch.device):
+def val_top1(manifest: Manifest, training: dict, device: torch.device, class_map: list[int] | None = None):
     """The trainer's ``evaluate`` callback: ``{"val_top1": ...}`` with the run's eval transform."""
 
     def evaluate(model) -> dict:
-        return {"val_top1": round(top1(model, manifest, training["eval"], device, workers=training["workers"]), 4)}
+        return {"val_top1": round(top1(model, manifest, training["eval"], device, workers=training["workers"],
+                                       class_map=class_map), 4)}
 
     return evaluate
