@@ -67,12 +67,18 @@ def test_config_yaml_follows_the_students_input_spec(tmp_path, students):
     assert read_json(_outputs(tmp_path / "bgr")[1])["config"] == config
 
 
-@pytest.mark.parametrize("fault", ["renamed", "wrong_shape"])
+@pytest.mark.parametrize("fault", ["renamed", "missing", "extra", "wrong_shape"])
 def test_a_key_that_does_not_match_fails_naming_it_and_leaves_no_file(tmp_path, students, fault):
     sd = dict(students("resnet18")[0].backbone_state_dict())
     if fault == "renamed":
         sd["layer3.1.bn9.weight"] = sd.pop("layer3.1.bn2.weight")
         expected = "layer3.1.bn9.weight"
+    elif fault == "missing":
+        del sd["layer3.1.bn2.weight"]
+        expected = r"missing keys \(1\): res4\.1\.conv2\.norm\.weight"  # its detectron2 name
+    elif fault == "extra":
+        sd["layer5.0.conv1.weight"] = torch.zeros(3)
+        expected = r"layer5\.0\.conv1\.weight"
     else:
         sd["layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)
         expected = r"res3.0.conv1.weight: file \(128, 64, 1, 1\) vs model \(128, 64, 3, 3\)"

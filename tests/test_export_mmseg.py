@@ -4,6 +4,8 @@ leaving an output behind."""
 
 from __future__ import annotations
 
+import re
+
 import pickle
 
 import pytest
@@ -110,6 +112,23 @@ def test_renamed_key_fails_naming_it_and_leaves_no_output(tmp_path, students):
     assert "layer1.0.conv1.weight" in str(failure.value) and bad in str(failure.value)
     assert not out.exists() and not report_path.exists()
     assert not list(out.parent.iterdir())  # no temporary file either
+
+
+@pytest.mark.parametrize("fault", ["missing", "extra"])
+def test_a_missing_or_extra_key_fails_naming_it_and_leaves_no_output(tmp_path, students, fault):
+    _, student_path = students("resnet18")
+    sd = dict(read_weights(student_path).state_dict)
+    if fault == "missing":
+        del sd["layer2.1.conv2.weight"]
+        key = "layer2.1.conv2.weight"
+    else:
+        sd["layer5.0.conv1.weight"] = torch.zeros(3)
+        key = "layer5.0.conv1.weight"
+    bad = save_student(tmp_path / f"{fault}.safetensors", "resnet18", sd)
+    out, report_path = _outputs(tmp_path)
+    with pytest.raises(CheckpointError, match=re.escape(key)):
+        export_mmseg(bad, out, report_path)
+    assert not out.exists() and not report_path.exists()
 
 
 def test_wrong_shape_fails_naming_the_key_and_leaves_no_output(tmp_path, students):

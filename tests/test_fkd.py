@@ -4,6 +4,7 @@ the importer of FKD's published files, replayed crops, soft cross-entropy and ep
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -471,3 +472,32 @@ def test_a_data_class_missing_from_the_label_classes_is_named(tmp_path):
         _head_evaluation(student, data, tmp_path / "val.tsv", {"name": "d", "root": tmp_path, "work_dir": tmp_path}, {},
                          None,
                          head_names=["n01440764", "n01443537", "n01484850"])
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda s: s["generate"].update(teacher={"name": "other_teacher"}), "generate.teacher.name: store 't', run 'other_teacher'"),
+    (lambda s: s["generate"]["crop"].update(size=24), "generate.crop.size: store 16, run 24"),
+    (lambda s: s.update(data={"name": "another_subset", "dataset": {"name": "imgs"}}),
+     "data.name: store 'sub', run 'another_subset'"),
+])
+def test_a_store_made_with_another_teacher_subset_or_crop_config_is_refused(labelled_images, tmp_path, change,
+                                                                             named):
+    """A run replaying a store checks it against the soft-label config it asks for (Snakemake
+    re-makes a store whose config changed; a store copied or made by hand is checked here)."""
+    import copy
+
+    from kdflow.distill.base import MethodContext
+    from kdflow.distill.fkd import FKD
+
+    build_store(labelled_images, tmp_path / "store", generation_spec(1))
+    wanted = copy.deepcopy(job(generation_spec(1), labelled_images).identity)
+    change(wanted)
+    context = MethodContext(data=_read(labelled_images), training={"batch_size": 4}, device=torch.device("cpu"),
+                            options={"crops_per_visit": 2, "temperature": 1.0, "mixup": {"enabled": False}},
+                            artefacts={"soft_labels": str(tmp_path / "store" / "store.json"),
+                                       "specs": {"soft_labels": wanted}})
+    with pytest.raises(SoftLabelError, match=r"store\.json was made with another config than the run asks for: "
+                                             + re.escape(named)):
+        FKD(context)
+    context.artefacts["specs"]["soft_labels"] = job(generation_spec(1), labelled_images).identity
+    FKD(context)  # the store's own config: accepted

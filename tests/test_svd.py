@@ -108,3 +108,24 @@ def test_the_svd_job_does_not_depend_on_loader_workers_or_batch_size(tmp_path):
     assert torch.allclose(sigma, b["singular_values"].double(), rtol=1e-6, atol=1e-6)
     assert torch.allclose(a["mean"].double(), b["mean"].double(), rtol=1e-6, atol=1e-8)
     assert torch.allclose(a["V"][:, :rank].double(), b["V"][:, :rank].double(), atol=1e-5)
+
+
+def test_an_svd_file_that_does_not_fit_the_student_or_the_teacher_is_named(tmp_path):
+    """An SVD file of 12-d features: a 16-wide student, or a teacher of another width, fails naming
+    the file and both widths before any step."""
+    from kdflow.distill.base import MethodContext
+    from kdflow.distill.kdep import KDEP
+    from kdflow.models.network import Network
+
+    acc = ScatterAccumulator(12)
+    acc.update(torch.from_numpy(planted()))
+    path = tmp_path / "svd.safetensors"
+    save_svd(path, decompose(acc))
+    with pytest.raises(SVDError, match=rf"{path}: student width 16 exceeds the teacher feature width 12"):
+        load_svd(path).projection(16)
+    teacher = Network("test_resnet", num_classes=0)  # 96-d features
+    context = MethodContext(data=None, training={}, device=torch.device("cpu"), teacher=teacher,
+                            options={"tau": 0.1, "power": 3, "loss_weight": 1.0},
+                            artefacts={"svd": str(path), "student_width": 8})
+    with pytest.raises(SVDError, match=rf"{path}: an SVD of 12-dimensional features, but the teacher gives 96"):
+        KDEP(context)

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from kdflow.distill.base import register_method
 from kdflow.distill.replay import Replay, ReplayingMethod
-from kdflow.distill.softlabels import FEATURE_TYPES, SoftLabelError, SoftLabelStore
+from kdflow.distill.softlabels import FEATURE_TYPES, SoftLabelError, SoftLabelStore, differences
 
 # The run's `fkd:` block.
 DECLARATION = {
@@ -69,6 +69,11 @@ class FKD(ReplayingMethod):
             raise SoftLabelError(f"{self.store.folder} holds teacher features ({self.store.codec.type}), "
                                  "not soft labels: it is made for method kdep_replay")
         self.store.check_images([s.path for s in context.data.samples], "the run's data manifest")
+        wanted = context.artefacts.get("specs", {}).get("soft_labels")
+        made = self.store.meta.get("identity")
+        if wanted is not None and made is not None and differences(made, wanted):
+            raise SoftLabelError(f"{self.store.folder / 'store.json'} was made with another config than the run "
+                                 f"asks for: {'; '.join(differences(made, wanted))}; re-make the store")
         self.codec = self.store.codec
         self.replay = Replay(context, self.store, "fkd")
         self.temperature = opts["temperature"]

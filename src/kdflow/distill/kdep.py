@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kdflow.distill.base import Method, register_method
-from kdflow.distill.svd import load_svd
+from kdflow.distill.svd import SVDError, load_svd
 
 # The run's `kdep:` block: KDEP's defaults (tau 0.1, power 3, loss weight 3).
 DECLARATION = {
@@ -70,6 +70,9 @@ class KDEP(Method):
         opts = context.options
         self.tau, self.power, self.weight = opts["tau"], opts["power"], opts["loss_weight"]
         svd = load_svd(context.artefacts["svd"])
+        if svd.dim != context.teacher.num_features:
+            raise SVDError(f"{svd.source}: an SVD of {svd.dim}-dimensional features, but the teacher gives "
+                           f"{context.teacher.num_features}: it was made for another teacher; delete it to re-make it")
         mean, basis = svd.projection(context.artefacts["student_width"])
         self.align = SVDAlignment(mean, basis).to(context.device)
 

@@ -16,14 +16,12 @@ file, SVD file and crop config, and refuses it naming what differs.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from kdflow.distill.base import register_method
 from kdflow.distill.kdep import SVDAlignment, power_temperature_scaling
 from kdflow.distill.replay import Replay, ReplayingMethod
-from kdflow.distill.softlabels import SoftLabelError, SoftLabelStore
+from kdflow.distill.softlabels import SoftLabelError, SoftLabelStore, differences
 from kdflow.distill.svd import load_svd
 from kdflow.io import sha256_file
 
@@ -58,16 +56,6 @@ DECLARATION = {
 }
 
 STORE_TYPES = {"targets": "kdep_targets", "features": "teacher_features"}
-
-
-def differences(made: Any, wanted: Any, where: str = "") -> list[str]:
-    """Key paths at which two config slices differ, with both values."""
-    if isinstance(made, dict) and isinstance(wanted, dict):
-        out = []
-        for key in sorted(set(made) | set(wanted)):
-            out += differences(made.get(key), wanted.get(key), f"{where}.{key}" if where else key)
-        return out
-    return [] if made == wanted else [f"{where}: store {made!r}, run {wanted!r}"]
 
 
 def check_store(store: SoftLabelStore, artefacts: dict, options: dict, width: int) -> None:

@@ -500,3 +500,14 @@ class SoftLabelStore:
         sampling = self.meta["sampling"]
         return sample_crops(int(self.seeds[i]), width, height, self.crops_per_image,
                             tuple(sampling["scale"]), tuple(sampling["ratio"]))
+
+
+def differences(made, wanted, where: str = "") -> list[str]:
+    """Key paths at which two config slices (a store's recorded identity, the run's) differ,
+    with both values."""
+    if isinstance(made, dict) and isinstance(wanted, dict):
+        out = []
+        for key in sorted(set(made) | set(wanted)):
+            out += differences(made.get(key), wanted.get(key), f"{where}.{key}" if where else key)
+        return out
+    return [] if made == wanted else [f"{where}: store {made!r}, run {wanted!r}"]

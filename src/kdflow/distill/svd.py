@@ -57,6 +57,7 @@ class SVDResult:
     singular_values: torch.Tensor  # (D,): singular values of the centred data matrix
     n: int
     metadata: dict
+    source: str = "SVD"  # the file it was read from, for messages
 
     @property
     def dim(self) -> int:
@@ -64,7 +65,7 @@ class SVDResult:
 
     def projection(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, V[:, :width]) in float32: z = (x - mean) @ V[:, :width]."""
-        check_rank(self.n, width, self.dim)
+        check_rank(self.n, width, self.dim, source=self.source)
         return self.mean.float(), self.V[:, :width].float().contiguous()
 
 
@@ -116,7 +117,8 @@ def load_svd(path: str | Path) -> SVDResult:
         meta = json.loads((fh.metadata() or {}).get("kdflow", "{}"))
         tensors = {k: fh.get_tensor(k) for k in ("mean", "V", "singular_values")}
     return SVDResult(mean=tensors["mean"].double(), V=tensors["V"].double(),
-                     singular_values=tensors["singular_values"].double(), n=int(meta.pop("n")), metadata=meta)
+                     singular_values=tensors["singular_values"].double(), n=int(meta.pop("n")), metadata=meta,
+                     source=str(path))
 
 
 def import_kdep_npy(v_path: str | Path, mean_path: str | Path, sigma_path: str | Path, n: int) -> SVDResult:

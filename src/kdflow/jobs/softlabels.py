@@ -320,6 +320,7 @@ def soft_label_store(spec: dict, manifest_path: str | Path, out_folder: str | Pa
         "images": {"count": len(manifest), "sha256": images_digest(s.path for s in manifest.samples),
                    "manifest": str(manifest_path)},
         "recovery": _merge_recovery([i.get("recovery_since_start") for i in infos]),
+        "identity": spec.identity,  # what a run replaying the store checks it against
     }
     if "generate" in spec:
         gen = spec["generate"]
