@@ -71,6 +71,21 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> LoadedWeights:
     return LoadedWeights(sd, naming="torchvision")
 
 
+def check_engine_state(path: str | Path, engine: str) -> None:
+    """Refuse an engine's resumable state (mmengine's, detectron2's) that a weights-only
+    ``torch.load`` cannot read: the engine then unpickles it itself, and under
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (or an older torch) a crafted file would run code. kdflow
+    writes these states as plain tensors and containers, so a refused one was not written by it."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: {engine}'s resumable state holds objects a weights-only load refuses ({first}); refusing "
+            "to unpickle it, as it could run code. kdflow never writes such a state: delete it to start the job over"
+        ) from None
+
+
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     while isinstance(obj, dict) and not _is_state_dict(obj):
         inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)

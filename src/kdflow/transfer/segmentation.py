@@ -214,6 +214,11 @@ def finetune(config: dict, out_dir: str | Path) -> dict:
 
     out_dir = Path(out_dir)
     cfg = Config(config)
+    last = Path(cfg.work_dir) / "last_checkpoint"  # mmengine's pointer to the state it resumes from
+    if last.is_file():
+        from kdflow.models.checkpoints import check_engine_state
+
+        check_engine_state(last.read_text().strip(), "mmengine")
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ import torch
 
 from kdflow.data.detection import CROWD, DetManifest, to_coco
 from kdflow.io import append_csv_row, keep_csv_rows_through, write_json, write_text, write_with
-from kdflow.models.checkpoints import CheckpointError, load_strict
+from kdflow.models.checkpoints import CheckpointError, check_engine_state, load_strict
 from kdflow.train import distributed
 from kdflow.transfer.detection.evaluation import coco_metrics, voc07_metrics
 
@@ -409,6 +409,7 @@ def finetune(*, arch: str, weights_config: dict, export_path: str | Path | None,
 
     load_report_path = state_dir / "backbone_load.json"
     if checkpointer.has_checkpoint():
+        check_engine_state(checkpointer.get_checkpoint_file(), "detectron2")
         checkpointer.resume_or_load("", resume=True)  # detectron2's state: iteration, optimizer, hooks
         start_iter = trainer.iter + 1
     else:
