@@ -143,3 +143,16 @@ def stop_with_sigterm(cmd: list[str], env: dict, log: Path, ready, timeout: floa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=timeout) != 0, log.read_text()[-3000:]
     return log.read_text()
+
+
+class PicklePayload:
+    """Unpickling this creates the file ``marker``: what a malicious pickle could do instead (the
+    tests check that kdflow refuses such files without running their payload)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mknod, (self.marker,))

@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import REPO, training_config
+from conftest import REPO, PicklePayload, training_config
 from kdflow.config import load_config, resolve_dataset, resolve_subset
 from kdflow.jobs.data import demo_data, imagenet_subset, prepare_dataset
 from kdflow import paths
@@ -108,22 +108,12 @@ class Squares(Method):
         return student(batch["image"]).pow(2).mean(), {}
 
 
-class _Payload:
-    """Unpickling this creates ``marker``: what a malicious state file could do instead."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mknod, (self.marker,))
-
-
 def test_a_state_file_that_would_run_code_is_refused_without_running_it(tmp_path):
     """Resumable states are read with torch's weights-only unpickler: a pickle with a malicious
     ``__reduce__`` is refused, saying why, and its payload never runs."""
     marker = tmp_path / "payload-ran"
     (tmp_path / "state").mkdir()
-    torch.save({"config_hash": "h", "passes_done": 0, "payload": _Payload(marker)}, tmp_path / "state" / STATE_FILE)
+    torch.save({"config_hash": "h", "passes_done": 0, "payload": PicklePayload(marker)}, tmp_path / "state" / STATE_FILE)
     training = training_config(epochs=1, workers=0)
     method = Squares(MethodContext(data=None, training=training, device=torch.device("cpu")))
     with pytest.raises(StateMismatch, match="refusing to unpickle it"):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, stop_with_sigterm
+from conftest import REPO, PicklePayload, stop_with_sigterm
 from kdflow import paths
 from kdflow.config import ConfigError, load_config, resolve_dataset, validate_config
 from kdflow.jobs.data import demo_data, prepare_dataset
@@ -258,16 +258,6 @@ def test_two_gloo_ranks_complete_with_one_metrics_file(tmp_path):
     assert "MMDistributedDataParallel" in written and "'BN'" in written  # CPU: plain BN, DDP without devices
 
 
-class _Payload:
-    """Unpickling this creates ``marker``: what a crafted checkpoint could do instead."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mknod, (self.marker,))
-
-
 def test_an_engine_state_that_would_run_code_is_refused_before_mmengine_reads_it(tmp_path):
     """mmengine resumes with its own torch.load; kdflow first reads the state weights-only, so a
     crafted iter_N.pth is refused (its payload never runs) whatever torch's default is."""
@@ -276,7 +266,7 @@ def test_an_engine_state_that_would_run_code_is_refused_before_mmengine_reads_it
 
     work, marker = tmp_path / "state", tmp_path / "payload-ran"
     work.mkdir()
-    torch.save({"meta": {"iter": 4}, "state_dict": {}, "payload": _Payload(marker)}, work / "iter_4.pth")
+    torch.save({"meta": {"iter": 4}, "state_dict": {}, "payload": PicklePayload(marker)}, work / "iter_4.pth")
     (work / "last_checkpoint").write_text(str(work / "iter_4.pth"))
     with pytest.raises(CheckpointError, match=r"iter_4\.pth: mmengine's resumable state holds objects a "
                                               r"weights-only load refuses .*delete it to start the job over"):
