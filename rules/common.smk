@@ -7,6 +7,7 @@
 # therefore re-runs nothing. Jobs read their full slice (execution keys included) from the config
 # itself (kdflow.jobs.common.job_config), exactly as the hand-run scripts do.
 
+import functools
 from pathlib import Path
 
 import kdflow.config as kcfg
@@ -28,6 +29,20 @@ USED_DATASETS = sorted(
 )
 kcfg.check_dataset_roots(CFG, USED_DATASETS)
 METHODS = {name: kcfg.method_of(CFG, name) for name in CFG["pretrain"]}
+# The protocol of every transfer job, looked up (not rescanned) by the transfer rules' functions.
+PROTOCOLS = {(j["task"], j["dataset"], j["run"], j["seed"]): j["protocol"] for j in TRANSFER_JOBS}
+
+
+@functools.cache
+def identity_of(resolve, *names):
+    """``resolve(CFG, *names).identity``, computed once per slice: each resolution strips the whole
+    config, and the transfer rules ask for the same run, dataset and protocol once per seed (a
+    10,000-job grid would otherwise take minutes to plan)."""
+    return resolve(CFG, *names).identity
+
+
+def protocol_of(task, wildcards):
+    return PROTOCOLS[(task, wildcards.dataset, wildcards.run, int(wildcards.seed))]
 
 
 def by_attempt(mem_mb):
@@ -95,13 +110,13 @@ def prepared(dataset):
 
 # ---------------------------------------------------------------- data
 def demo_identity(wildcards):
-    return kcfg.resolve_demo(CFG, wildcards.demo).identity
+    return identity_of(kcfg.resolve_demo, wildcards.demo)
 
 
 def dataset_identity(wildcards):
     """The entry without its root, and the content of its folder (path and size of every file)."""
     return {
-        "entry": kcfg.resolve_dataset(CFG, wildcards.dataset).identity,
+        "entry": identity_of(kcfg.resolve_dataset, wildcards.dataset),
         "content": dataset_content(CFG["datasets"][wildcards.dataset]),
     }
 
@@ -111,7 +126,7 @@ def subset_source(wildcards):
 
 
 def subset_identity(wildcards):
-    return kcfg.resolve_subset(CFG, wildcards.subset).identity
+    return identity_of(kcfg.resolve_subset, wildcards.subset)
 
 
 # ---------------------------------------------------------------- teachers and SVD
@@ -130,7 +145,7 @@ def teacher_inputs(wildcards):
 
 
 def teacher_identity(wildcards):
-    return kcfg.resolve_teacher(CFG, wildcards.teacher).identity
+    return identity_of(kcfg.resolve_teacher, wildcards.teacher)
 
 
 def checked_teacher(teacher):
@@ -151,11 +166,11 @@ def teacher_check_inputs(wildcards):
 
 
 def teacher_check_identity(wildcards):
-    return kcfg.resolve_teacher_check(CFG, wildcards.teacher).identity
+    return identity_of(kcfg.resolve_teacher_check, wildcards.teacher)
 
 
 def svd_identity(wildcards):
-    return kcfg.resolve_svd(CFG, wildcards.teacher, wildcards.subset).identity
+    return identity_of(kcfg.resolve_svd, wildcards.teacher, wildcards.subset)
 
 
 def svd_student_archs(wildcards):
@@ -185,7 +200,7 @@ def soft_label_inputs(wildcards):
 
 
 def soft_label_identity(wildcards):
-    return kcfg.resolve_soft_labels(CFG, wildcards.labels).identity
+    return identity_of(kcfg.resolve_soft_labels, wildcards.labels)
 
 
 def soft_label_shards(wildcards):
@@ -215,7 +230,7 @@ def kdep_target_inputs(wildcards):
 
 
 def kdep_target_identity(wildcards):
-    return kcfg.resolve_kdep_targets(CFG, wildcards.targets).identity
+    return identity_of(kcfg.resolve_kdep_targets, wildcards.targets)
 
 
 def kdep_target_shards(wildcards):
@@ -247,7 +262,7 @@ def pretrain_inputs(wildcards):
 
 
 def run_identity(wildcards):
-    return kcfg.resolve_run(CFG, wildcards.run).identity
+    return identity_of(kcfg.resolve_run, wildcards.run)
 
 
 # ---------------------------------------------------------------- transfer
@@ -259,9 +274,7 @@ def transfer_inputs(task):
     def inputs(wildcards):
         found = prepared(wildcards.dataset)
         if METHODS[wildcards.run].student != "none":
-            protocol = kcfg.protocol_for(
-                CFG, task, wildcards.dataset, wildcards.run, wildcards.seed
-            )
+            protocol = protocol_of(task, wildcards)
             export = TASKS[task].export_for(CFG["transfer"]["protocols"][protocol])
             found["student"] = (
                 paths.export_weights(R, wildcards.run, export)
@@ -277,11 +290,11 @@ def transfer_identity(task):
     """The params function of a task's transfer rule: its run, dataset and protocol."""
 
     def identity(wildcards):
-        protocol = kcfg.protocol_for(CFG, task, wildcards.dataset, wildcards.run, wildcards.seed)
+        protocol = protocol_of(task, wildcards)
         return {
-            "run": kcfg.resolve_run(CFG, wildcards.run).identity,
-            "dataset": kcfg.resolve_dataset(CFG, wildcards.dataset).identity,
-            "protocol": kcfg.resolve_protocol(CFG, protocol).identity,
+            "run": identity_of(kcfg.resolve_run, wildcards.run),
+            "dataset": identity_of(kcfg.resolve_dataset, wildcards.dataset),
+            "protocol": identity_of(kcfg.resolve_protocol, protocol),
         }
 
     return identity

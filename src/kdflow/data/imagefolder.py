@@ -30,7 +30,7 @@ class DatasetError(ValueError):
     """A dataset folder or manifest that cannot be used; the message names the path at fault."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
     path: str  # relative to the manifest root
     cls: str

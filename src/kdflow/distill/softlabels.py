@@ -1,4 +1,4 @@
-"""FKD soft labels: quantisation, and a compact sharded store that replay reads memory-mapped.
+"""FKD soft labels: quantisation, and a compact sharded store that replay reads record by record.
 
 Quantisation (methods.md 2.3), for teacher probabilities p over C classes with top-k indices pi:
 
@@ -223,14 +223,15 @@ def record_tensors(records: np.ndarray) -> dict[str, torch.Tensor]:
     return out
 
 
-def recovery_error(codec: LabelCodec, probs: torch.Tensor) -> dict[str, float]:
+def recovery_error(codec: LabelCodec, probs: torch.Tensor, encoded: np.ndarray | None = None) -> dict[str, float]:
     """How far the stored-and-recovered distributions are from the teacher's fp32 ones.
 
     ``max_abs_error`` and the KL cover the whole distribution, so they include what the label
     type discards by design (the tail of a top-k); ``stored_max_abs_error`` is the storage error
-    alone, on the probabilities the type keeps (8-bit cumulative or float16).
+    alone, on the probabilities the type keeps (8-bit cumulative or float16). ``encoded``: the
+    records of ``probs`` where the caller has them already.
     """
-    records = record_tensors(codec.encode(probs))
+    records = record_tensors(codec.encode(probs) if encoded is None else encoded)
     recovered = codec.decode(records)
     p = probs.float()
     kl = (p * (p.clamp_min(1e-12).log() - recovered.clamp_min(1e-12).log())).sum(1)
@@ -413,8 +414,10 @@ def assemble_store(folder: str | Path, num_shards: int, meta: dict) -> dict:
 
 
 class SoftLabelStore:
-    """Read access to a store (soft labels, or KDEP's teacher features); shards are memory-mapped
-    lazily (once per process/worker)."""
+    """Read access to a store (soft labels, or KDEP's teacher features). An image's records are read
+    from its shard with one ``pread`` (shards opened lazily, once per process or loader worker):
+    nothing of a store is held beyond the records asked for, and, unlike a memory map, the pages
+    read do not count in the process's resident memory (SLURM's MaxRSS), whatever the store's size."""
 
     def __init__(self, folder: str | Path, verify: bool = True):
         """``folder``: the store's folder, or its ``store.json`` (the file a finished store is known by)."""
@@ -431,7 +434,7 @@ class SoftLabelStore:
         with np.load(self.folder / INDEX_FILE) as npz:
             self.seeds, self.widths, self.heights = npz["seed"], npz["width"], npz["height"]
         self._firsts = np.array([s["first"] for s in self.meta["shards"]])
-        self._maps: dict[int, np.memmap] = {}
+        self._files: dict[int, int] = {}  # shard -> file descriptor, of this process
         self._check_layout()
         if verify:
             self.verify()
@@ -439,10 +442,14 @@ class SoftLabelStore:
     def __len__(self) -> int:
         return self.meta["images"]["count"]
 
-    def __getstate__(self):  # DataLoader workers re-open their own memory maps
+    def __getstate__(self):  # DataLoader workers open their own files
         state = dict(self.__dict__)
-        state["_maps"] = {}
+        state["_files"] = {}
         return state
+
+    def __del__(self):
+        for fd in getattr(self, "_files", {}).values():
+            os.close(fd)
 
     def _check_layout(self) -> None:
         """``store.json``, ``index.npz`` and the shards' sizes must describe one layout (cheap: no
@@ -474,19 +481,23 @@ class SoftLabelStore:
             raise SoftLabelError(f"{self.folder} was made for another image list than {where} "
                                  f"({self.meta['images']['count']} images, manifest {self.meta['images']['manifest']})")
 
-    def _map(self, k: int) -> np.memmap:
-        if k not in self._maps:
-            shard = self.meta["shards"][k]
-            self._maps[k] = np.memmap(self.folder / shard["file"], dtype=self.codec.dtype, mode="r")
-        return self._maps[k]
+    def _file(self, k: int) -> int:
+        if k not in self._files:
+            self._files[k] = os.open(self.folder / self.meta["shards"][k]["file"], os.O_RDONLY)
+        return self._files[k]
 
     def records(self, i: int) -> np.ndarray:
         """The stored crops of image ``i`` (manifest order)."""
         if not 0 <= i < len(self):
             raise SoftLabelError(f"image {i} is not in {self.folder} (it holds images 0..{len(self) - 1})")
         k = int(np.searchsorted(self._firsts, i, side="right") - 1)
-        start = (i - self.meta["shards"][k]["first"]) * self.crops_per_image
-        return np.array(self._map(k)[start:start + self.crops_per_image])
+        size = self.codec.dtype.itemsize * self.crops_per_image
+        offset = (i - self.meta["shards"][k]["first"]) * size
+        data = os.pread(self._file(k), size, offset)
+        if len(data) != size:  # the shard shrank after the store was opened
+            raise SoftLabelError(f"{self.folder / self.meta['shards'][k]['file']}: image {i}'s records end past "
+                                 f"the file's end ({offset + size} > {offset + len(data)} bytes); re-make the store")
+        return np.frombuffer(bytearray(data), dtype=self.codec.dtype)
 
     def plan(self, i: int, width: int, height: int, records: np.ndarray, image_path: str = "") -> CropPlan:
         """Pixel boxes and flips of image ``i``'s stored crops, for the image as decoded now."""

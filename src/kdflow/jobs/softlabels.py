@@ -95,13 +95,14 @@ def teacher_records(spec: dict, manifest: Manifest, teacher, codec: LabelCodec, 
     for logits, width, height in teacher_outputs(gen, spec["seed"], spec["workers"], manifest, teacher, "logits",
                                                  device, start, stop):
         probs = torch.softmax(logits / gen["temperature"], dim=1)
-        _track_recovery(recovery, codec, probs)
-        yield codec.encode(probs), width, height
+        records = codec.encode(probs)
+        _track_recovery(recovery, codec, probs, records)
+        yield records, width, height
 
 
-def _track_recovery(acc: dict, codec: LabelCodec, probs: torch.Tensor) -> None:
-    """Error of the stored labels against the teacher's fp32 probabilities, over all crops."""
-    err = recovery_error(codec, probs)
+def _track_recovery(acc: dict, codec: LabelCodec, probs: torch.Tensor, records: np.ndarray) -> None:
+    """Error of the stored labels (``records``) against the teacher's fp32 probabilities, over all crops."""
+    err = recovery_error(codec, probs, records)
     for key in ("max_abs_error", "stored_max_abs_error", "max_kl"):
         acc[key] = max(acc.get(key, 0.0), err[key])
     acc["kl_sum"] = acc.get("kl_sum", 0.0) + err["mean_kl"] * len(probs)
