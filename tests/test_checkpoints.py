@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -170,3 +172,20 @@ def test_a_truncated_safetensors_file_is_named_with_its_size(tmp_path, keep):
     with pytest.raises(CheckpointError, match=rf"student.safetensors: not a readable safetensors file .* "
                                               rf"{int(len(data) * keep)} bytes"):
         read_weights(path)
+
+
+def test_a_timm_checkpoint_of_another_resnet_is_refused_naming_keys_and_shapes(tmp_path):
+    """A ResNet-50 file given for a ResNet-18 teacher (both in timm naming): the strict load names
+    the keys only one of them has and the tensors of different shapes."""
+    import timm
+
+    path = tmp_path / "resnet50.safetensors"
+    save_weights(path, timm.create_model("resnet50", num_classes=10).state_dict(), {"naming": "timm"})
+    cfg = {"name": "t", "arch": "resnet18", "input": {}, "num_classes": 10,
+           "checkpoint": {"path": str(path), "naming": "auto", "trust_pickle": False,
+                          "allow_missing": [], "allow_unexpected": []}}
+    with pytest.raises(CheckpointError) as err:
+        from_checkpoint(cfg)
+    message = str(err.value)
+    assert str(path) in message and "layer1.0.conv3.weight" in message  # a Bottleneck key ResNet-18 lacks
+    assert re.search(r"layer1\.0\.conv1\.weight: file \(64, 64, 1, 1\) vs model \(64, 64, 3, 3\)", message), message
