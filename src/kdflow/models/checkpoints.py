@@ -15,7 +15,7 @@ import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -55,14 +55,11 @@ def read_weights(path: str | Path, trust_pickle: bool = False) -> LoadedWeights:
                                   f"{path.stat().st_size} bytes. Re-make or re-copy it") from None
         metadata = json.loads(meta["kdflow"]) if "kdflow" in meta else meta
         return LoadedWeights(sd, naming=metadata.get("naming", "timm"), metadata=metadata)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path}: cannot be read weights-only ({first}). If you trust this file, set "
-            "'trust_pickle: true' for it in the config."
-        ) from exc
+    if trust_pickle:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        obj = _load_weights_only(path, lambda why: f"{path}: cannot be read weights-only ({why}). If you trust "
+                                                   "this file, set 'trust_pickle: true' for it in the config.")
     sd = _unwrap(obj, path)
     if any(k.startswith(("module.model.", "module.attacker.")) for k in sd):
         plain, normaliser = from_robustness(sd, path)
@@ -76,14 +73,18 @@ def check_engine_state(path: str | Path, engine: str) -> None:
     ``torch.load`` cannot read: the engine then unpickles it itself, and under
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (or an older torch) a crafted file would run code. kdflow
     writes these states as plain tensors and containers, so a refused one was not written by it."""
+    _load_weights_only(path, lambda why: (
+        f"{path}: {engine}'s resumable state holds objects a weights-only load refuses ({why}); refusing to "
+        "unpickle it, as it could run code. kdflow never writes such a state: delete it to start the job over"))
+
+
+def _load_weights_only(path: str | Path, refused: Callable[[str], str]):
+    """``torch.load`` with the weights-only unpickler; a file it refuses raises CheckpointError with
+    ``refused(the unpickler's first line)``."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(
-            f"{path}: {engine}'s resumable state holds objects a weights-only load refuses ({first}); refusing "
-            "to unpickle it, as it could run code. kdflow never writes such a state: delete it to start the job over"
-        ) from None
+        raise CheckpointError(refused(str(exc).strip().splitlines()[0])) from None
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
