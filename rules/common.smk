@@ -8,6 +8,7 @@
 # itself (kdflow.jobs.common.job_config), exactly as the hand-run scripts do.
 
 import functools
+import re
 from pathlib import Path
 
 import kdflow.config as kcfg
@@ -29,8 +30,11 @@ USED_DATASETS = sorted(
 )
 kcfg.check_dataset_roots(CFG, USED_DATASETS)
 METHODS = {name: kcfg.method_of(CFG, name) for name in CFG["pretrain"]}
-# The protocol of every transfer job, looked up (not rescanned) by the transfer rules' functions.
-PROTOCOLS = {(j["task"], j["dataset"], j["run"], j["seed"]): j["protocol"] for j in TRANSFER_JOBS}
+# Runs given pre-training seeds: {name: {seed: run}}; a grid names the group, a job one of its runs.
+GROUPS = kcfg.pretrain_groups(CFG)
+# Every transfer job (its protocol and the run it fine-tunes), looked up, not rescanned, by the
+# transfer rules' functions.
+TRANSFER_JOB = {(j["task"], j["dataset"], j["run"], j["seed"]): j for j in TRANSFER_JOBS}
 
 
 @functools.cache
@@ -41,8 +45,12 @@ def identity_of(resolve, *names):
     return resolve(CFG, *names).identity
 
 
+def transfer_job_of(task, wildcards):
+    return TRANSFER_JOB[(task, wildcards.dataset, wildcards.run, int(wildcards.seed))]
+
+
 def protocol_of(task, wildcards):
-    return PROTOCOLS[(task, wildcards.dataset, wildcards.run, int(wildcards.seed))]
+    return transfer_job_of(task, wildcards)["protocol"]
 
 
 def by_attempt(mem_mb):
@@ -56,14 +64,14 @@ def by_attempt(mem_mb):
 
 
 def _names(section):
-    return "|".join(sorted(section)) or "^$"
+    return "|".join(re.escape(name) for name in sorted(section)) or "^$"
 
 
 wildcard_constraints:
     demo=_names(CFG["demo"]),
     subset=_names(CFG["subsets"]),
     teacher=_names(CFG["teachers"]),
-    run=_names(CFG["pretrain"]),
+    run=_names({**CFG["pretrain"], **GROUPS}),
     labels=_names(CFG["soft_labels"]),
     targets=_names(CFG["kdep_targets"]),
     shard=r"\d+",
@@ -273,13 +281,14 @@ def transfer_inputs(task):
 
     def inputs(wildcards):
         found = prepared(wildcards.dataset)
-        if METHODS[wildcards.run].student != "none":
-            protocol = protocol_of(task, wildcards)
-            export = TASKS[task].export_for(CFG["transfer"]["protocols"][protocol])
+        job = transfer_job_of(task, wildcards)
+        student = job["student_run"]
+        if METHODS[student].student != "none":
+            export = TASKS[task].export_for(CFG["transfer"]["protocols"][job["protocol"]])
             found["student"] = (
-                paths.export_weights(R, wildcards.run, export)
+                paths.export_weights(R, student, export)
                 if export
-                else paths.student_weights(R, wildcards.run)
+                else paths.student_weights(R, student)
             )
         return found
 
@@ -287,12 +296,13 @@ def transfer_inputs(task):
 
 
 def transfer_identity(task):
-    """The params function of a task's transfer rule: its run, dataset and protocol."""
+    """The params function of a task's transfer rule: the run it fine-tunes, dataset and protocol."""
 
     def identity(wildcards):
-        protocol = protocol_of(task, wildcards)
+        job = transfer_job_of(task, wildcards)
+        protocol = job["protocol"]
         return {
-            "run": identity_of(kcfg.resolve_run, wildcards.run),
+            "run": identity_of(kcfg.resolve_run, job["student_run"]),
             "dataset": identity_of(kcfg.resolve_dataset, wildcards.dataset),
             "protocol": identity_of(kcfg.resolve_protocol, protocol),
         }

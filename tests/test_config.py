@@ -20,14 +20,14 @@ def demo(repo):
 
 def test_demo_config_is_valid_and_defaults_are_filled(demo):
     cfg = validate_config(copy.deepcopy(demo))
-    run = cfg["pretrain"]["kdep_r18_r18_in48"]
+    run = cfg["pretrain"]["kdep_r18_r18_in48.seed0"]  # pre-trained once per seed (its `seeds`)
     assert run["kdep"] == {"tau": 0.1, "power": 3, "loss_weight": 20.0}  # tau and power from defaults
     assert cfg["students"]["r18"]["input"]["channel_order"] == "RGB"
     assert cfg["report"]["checkpoint"] == "final"
     jobs = transfer_jobs(cfg)
     assert sum(job["task"] == "classification" for job in jobs) == 27  # 9 runs x 3 seeds
     assert sum(job["task"] == "segmentation" for job in jobs) == 15  # 5 runs x 3 seeds
-    resolved = resolve_run(cfg, "kdep_r18_r18_in48")
+    resolved = resolve_run(cfg, "kdep_r18_r18_in48.seed0")
     assert resolved["teacher"]["name"] == "demo_r18" and resolved["svd"]["subset"]["name"] == "demo_in_48"
 
 
@@ -150,7 +150,7 @@ def test_keys_added_at_their_old_behaviour_do_not_change_existing_identities(dem
     for key, prop in neutral:
         assert "default" in prop and prop.get(ROLE) == "identity", key
     cfg = validate_config(copy.deepcopy(demo))
-    run = resolve_run(cfg, "kdep_r18_r18_in48")
+    run = resolve_run(cfg, "kdep_r18_r18_in48.seed0")
     optim, schedule = run["training"]["optim"], run["training"]["schedule"]
     assert optim["clip_grad_norm"] is None and optim["decay_norm_and_bias"] is True  # filled for the trainer ...
     assert not {"clip_grad_norm", "decay_norm_and_bias", "betas", "eps"} & set(run.identity["training"]["optim"])
@@ -158,7 +158,7 @@ def test_keys_added_at_their_old_behaviour_do_not_change_existing_identities(dem
     for key, value in (("clip_grad_norm", 1.0), ("decay_norm_and_bias", False)):
         changed = copy.deepcopy(demo)
         changed["pretrain"]["kdep_r18_r18_in48"]["training"]["optim"][key] = value
-        other = resolve_run(validate_config(changed), "kdep_r18_r18_in48")
+        other = resolve_run(validate_config(changed), "kdep_r18_r18_in48.seed0")
         assert other.identity["training"]["optim"][key] == value and other.hash != run.hash
 
 
@@ -170,13 +170,13 @@ def test_identity_slices_leave_out_execution_keys(demo, tmp_path):
     moved["results"] = str(tmp_path / "elsewhere")
     moved["pretrain"]["kdep_r18_r18_in48"]["training"]["workers"] = 8
     moved["svd"]["workers"] = 4
-    a, b = resolve_run(cfg, "kdep_r18_r18_in48"), resolve_run(validate_config(moved), "kdep_r18_r18_in48")
+    a, b = resolve_run(cfg, "kdep_r18_r18_in48.seed0"), resolve_run(validate_config(moved), "kdep_r18_r18_in48.seed0")
     assert a.hash == b.hash and a.identity == b.identity
     assert b["training"]["workers"] == 8 and b.execution["training"] == {"workers": 8}
     assert "workers" not in a.identity["training"] and "root" not in a.identity["data"]["dataset"]
     changed = copy.deepcopy(demo)
     changed["pretrain"]["kdep_r18_r18_in48"]["training"]["optim"]["lr"] = 0.07
-    assert resolve_run(validate_config(changed), "kdep_r18_r18_in48").hash != a.hash
+    assert resolve_run(validate_config(changed), "kdep_r18_r18_in48.seed0").hash != a.hash
 
 
 def test_a_key_given_twice_in_a_config_file_is_refused_naming_both_lines(tmp_path):

@@ -27,6 +27,7 @@ from kdflow.data.imagefolder import DatasetError
 from kdflow.jobs.data import demo_data, prepare_dataset
 
 RUN = "kdep_r18_r18_in48"
+STUDENT = "kdep_r18_r18_in48.seed0"  # the demo pre-trains RUN once per seed: seed 0 is what seed 0 fine-tunes
 
 
 # --------------------------------------------------------------------------- datasets
@@ -195,7 +196,7 @@ def _prepare(cfg_path: Path, student: bool = True, rename: dict | None = None) -
         sd = Network("resnet18", num_classes=16).backbone_state_dict()
         for old, new in (rename or {}).items():
             sd[new] = sd.pop(old)
-        save_weights(paths.student_weights(results, RUN), sd,
+        save_weights(paths.student_weights(results, STUDENT), sd,
                      {"arch": "resnet18", "input": InputSpec().as_dict(), "naming": "timm", "config_hash": "test"})
     return cfg
 

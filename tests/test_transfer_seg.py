@@ -23,6 +23,7 @@ from kdflow.jobs.data import demo_data, prepare_dataset
 from kdflow.tasks import BUILTIN_SEG_PROTOCOLS, protocol_for_arch
 
 RUN = "kdep_r18_r18_in48"
+STUDENT = "kdep_r18_r18_in48.seed0"  # the demo pre-trains RUN once per seed: seed 0 is what seed 0 fine-tunes
 
 
 def _demo_config(tmp_path: Path, iterations: int = 6, **protocol) -> Path:
@@ -54,11 +55,11 @@ def _prepare(cfg_path: Path, student: bool = True) -> dict:
     if student:
         torch.manual_seed(0)
         net = Network("resnet18", num_classes=16)
-        student_path = paths.student_weights(results, RUN)
+        student_path = paths.student_weights(results, STUDENT)
         save_weights(student_path, net.backbone_state_dict(),
                      {"arch": "resnet18", "input": InputSpec().as_dict(), "naming": "timm", "config_hash": "test"})
-        export_mmseg(student_path, paths.export_weights(results, RUN, "mmseg"),
-                     paths.export_report(results, RUN, "mmseg"))
+        export_mmseg(student_path, paths.export_weights(results, STUDENT, "mmseg"),
+                     paths.export_report(results, STUDENT, "mmseg"))
     return cfg
 
 
@@ -211,7 +212,7 @@ def test_one_job_trains_evaluates_and_records_the_strict_load(tmp_path):
     assert any(m["metric"].startswith("IoU.") for m in metrics["metrics"])
     assert metrics["seed"] == 0 and metrics["task"] == "segmentation"
     prov = json.loads((job / "provenance.json").read_text())
-    export = json.loads(Path(paths.export_report(cfg["results"], RUN, "mmseg")).read_text())
+    export = json.loads(Path(paths.export_report(cfg["results"], STUDENT, "mmseg")).read_text())
     assert prov["load"]["loaded"] == export["verification"]["loaded"] == export["counts"]["mapped"]
     assert prov["load"]["missing"] == [] and prov["load"]["unexpected"] == []
     assert (job / "config.py").is_file() and (job / "model.pth").is_file()

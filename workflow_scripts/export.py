@@ -3,7 +3,7 @@ its weights in the engine's key layout, checked strictly against the engine's ba
 are written, with a per-key report (detectron2 also: config.yaml, the config values the weights
 dictate). The engine is the rule's name after ``export_``.
 
-By hand:  python workflow_scripts/export.py --engine mmseg --config config/config.yaml --run-id kdep_r18_r18_in48
+By hand:  python workflow_scripts/export.py --engine mmseg --config config/config.yaml --run-id kdep_r18_r18_in48.seed0
 """
 
 from kdflow.jobs.common import script_main

@@ -4,7 +4,7 @@ Resumable: the training state lives in <results>/state/pretrain/<run>/ (saved at
 and mid-epoch on a stop signal: SLURM's pre-timeout signal, scancel, preemption); a re-run
 continues from the last saved step.
 
-By hand:  python workflow_scripts/pretrain.py --config config/config.yaml --run-id kdep_r18_r18_in48 --threads 2
+By hand:  python workflow_scripts/pretrain.py --config config/config.yaml --run-id kdep_r18_r18_in48.seed0 --threads 2
 On N GPUs of one node (N DDP processes, the config's global batch):  add --gpus N
 """
 

@@ -179,11 +179,68 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source} does not match {SCHEMA_PATH.name}:\n  " + "\n  ".join(lines))
     # The default filler may place one default object in several entries; break that aliasing.
     cfg = json.loads(json.dumps(cfg))
+    _expand_pretrain_seeds(cfg, source)
     _check_arch_overrides(cfg, schema, source)
     problems = reference_errors(cfg)
     if problems:
         raise ConfigError(f"{source}: invalid references:\n  " + "\n  ".join(problems))
     return cfg
+
+
+def replica_name(run: str, seed: int) -> str:
+    """The pre-training run of seed ``seed`` of a run with ``seeds``."""
+    return f"{run}.seed{seed}"
+
+
+def _expand_pretrain_seeds(cfg: dict, source: str) -> None:
+    """Each run with ``seeds: [k, ...]`` becomes one run per seed, ``<name>.seed<k>``, with its
+    training.seed set to k and ``replica_of: <name>``; the name itself then stands for the group
+    (transfer grids refer to it, kdflow.config.pretrain_groups). In place, and a no-op on a config
+    already expanded."""
+    runs: dict = {}  # in the config's order, each run's seeds at its place
+    for name, run in cfg["pretrain"].items():
+        if "seeds" not in run:
+            runs[name] = run
+            continue
+        if "replica_of" in run:
+            raise ConfigError(f"{source}: config.pretrain.{name}.replica_of: set by kdflow for the runs it makes "
+                              "from seeds; remove it")
+        for seed in run["seeds"]:
+            replica = replica_name(name, seed)
+            if replica in cfg["pretrain"]:
+                raise ConfigError(f"{source}: config.pretrain.{name}.seeds: pre-training seed {seed} is run "
+                                  f"{replica!r}, which the config already defines; rename one")
+            entry = copy.deepcopy({k: v for k, v in run.items() if k != "seeds"})
+            entry["training"]["seed"] = seed
+            entry["replica_of"] = name
+            runs[replica] = entry
+    cfg["pretrain"] = runs
+    for name, run in runs.items():
+        group = run.get("replica_of")
+        if group is not None and (group in runs or name != replica_name(group, run["training"]["seed"])):
+            raise ConfigError(f"{source}: config.pretrain.{name}.replica_of: set by kdflow for the runs it makes "
+                              "from seeds; remove it")
+
+
+def pretrain_groups(cfg: dict) -> dict[str, dict[int, str]]:
+    """``{name: {pre-training seed: run}}`` of every run given ``seeds`` (in seed order)."""
+    groups: dict[str, dict[int, str]] = {}
+    for name, run in cfg["pretrain"].items():
+        if "replica_of" in run:
+            groups.setdefault(run["replica_of"], {})[run["training"]["seed"]] = name
+    return {group: dict(sorted(seeds.items())) for group, seeds in groups.items()}
+
+
+def student_run(cfg: dict, run: str, seed: int, groups: dict | None = None) -> str:
+    """The pre-training run whose student fine-tuning seed ``seed`` of grid run ``run`` starts from:
+    ``run`` itself, or for a run with pre-training seeds, its run of pre-training seed ``seed``."""
+    groups = pretrain_groups(cfg) if groups is None else groups
+    if run not in groups:
+        return run
+    if seed not in groups[run]:
+        raise ConfigError(f"fine-tuning seed {seed} of {run!r} has no pre-training seed {seed} "
+                          f"(config.pretrain.{run}.seeds: {sorted(groups[run])})")
+    return groups[run][seed]
 
 
 def _extended(protocols: dict, source: str) -> dict:
@@ -292,15 +349,19 @@ def reference_errors(cfg: dict) -> list[str]:
     problems += _transfer_errors(cfg)
     problems += _demo_format_errors(cfg)
     problems += _sbd_root_errors(cfg)
-    return problems
+    return list(dict.fromkeys(problems))  # the runs of one entry's seeds report its problems once
 
 
 def _run_errors(cfg: dict, name: str) -> list[str]:
     """A run against its method's declaration: teacher, data, checkpoint and artefacts."""
     problems: list[str] = []
     run, decl = cfg["pretrain"][name], method_of(cfg, name)
-    where, method = f"config.pretrain.{name}", decl.name
+    # a run made from seeds is named by the entry the user wrote (its problems are each seed's)
+    where, method = f"config.pretrain.{run.get('replica_of', name)}", decl.name
     _check_ref(problems, f"{where}.student", run["student"], "students", cfg, "student")
+    if "replica_of" in run and not decl.trains:
+        problems.append(f"{where}.seeds: method {method!r} does not pre-train, so it has no pre-training seeds "
+                        "(the transfer grid's seeds already seed its fine-tuning)")
     if decl.teacher:
         if "teacher" not in run:
             problems.append(f"{where}.teacher: method {method!r} needs a teacher (it reads its {decl.teacher})")
@@ -498,11 +559,20 @@ def _transfer_errors(cfg: dict) -> list[str]:
                             f"{protocol['task']!r} protocol")
         for i, ds in enumerate(grid["datasets"]):
             _check_ref(problems, f"{where}.datasets[{i}]", ds, "datasets", cfg, "dataset")
+        groups = pretrain_groups(cfg)
         for i, run in enumerate(grid["runs"]):
-            _check_ref(problems, f"{where}.runs[{i}]", run, "pretrain", cfg, "pretrain run")
+            if run in groups:
+                unknown = [s for s in grid["seeds"] if s not in groups[run]]
+                if unknown:
+                    problems.append(f"{where}.seeds: {unknown} are not pre-training seeds of {run!r} (its seeds: "
+                                    f"{sorted(groups[run])}); fine-tuning seed s starts from pre-training seed s")
+            else:
+                _check_ref(problems, f"{where}.runs[{i}]", run, "pretrain", {"pretrain": {**cfg["pretrain"], **groups}},
+                           "pretrain run")
         task = protocol["task"] if protocol is not None else None
         problems += _compiled_ops_errors(grid["protocol"], protocol)
-        problems += _det_engine_errors(grid["protocol"], protocol, cfg, grid["runs"])
+        students = [next(iter(groups[run].values())) if run in groups else run for run in grid["runs"]]
+        problems += _det_engine_errors(grid["protocol"], protocol, cfg, students)
         for i, ds in enumerate(grid["datasets"]):
             entry = cfg["datasets"].get(ds)
             if task in TASKS and entry is not None and dataset_kind(entry) != TASKS[task].dataset_kind:
@@ -769,9 +839,18 @@ resolve_teacher_check = functools.partial(_job_config, _teacher_check)
 resolve_soft_labels = functools.partial(_job_config, _soft_labels)
 resolve_kdep_targets = functools.partial(_job_config, _kdep_targets)
 resolve_svd = functools.partial(_job_config, _svd)  # (cfg, teacher, subset)
-resolve_run = functools.partial(_job_config, _run)
 resolve_protocol = functools.partial(_job_config, _protocol)
 resolve_demo = functools.partial(_job_config, _demo)
+
+
+def resolve_run(cfg: dict, name: str) -> JobConfig:
+    if name not in cfg["pretrain"]:
+        groups = pretrain_groups(cfg)
+        if name in groups:
+            raise ConfigError(f"pre-training run {name!r} has pre-training seeds: it is pre-trained as "
+                              f"{', '.join(groups[name].values())}; name one of them")
+        raise ConfigError(f"{name!r} is not a pre-training run of the config (known: {', '.join(sorted(cfg['pretrain']))})")
+    return _job_config(_run, cfg, name)
 
 
 def run_config_hash(cfg: dict, name: str) -> str:
@@ -779,23 +858,27 @@ def run_config_hash(cfg: dict, name: str) -> str:
 
 
 def transfer_jobs(cfg: dict) -> list[dict]:
-    """One entry per (task, dataset, run, seed) of every transfer grid, in a stable order."""
+    """One entry per (task, dataset, run, seed) of every transfer grid, in a stable order;
+    ``student_run``: the pre-training run it fine-tunes (kdflow.config.student_run)."""
     jobs: dict[tuple, dict] = {}
     protocols = cfg["transfer"]["protocols"]
+    groups = pretrain_groups(cfg)
     for grid in cfg["transfer"]["grids"].values():
         task = protocols[grid["protocol"]]["task"]
         for ds in grid["datasets"]:
             for run in grid["runs"]:
                 for seed in grid["seeds"]:
                     jobs.setdefault((task, ds, run, seed), {"task": task, "dataset": ds, "run": run, "seed": seed,
-                                                            "protocol": grid["protocol"]})
+                                                            "protocol": grid["protocol"],
+                                                            "student_run": student_run(cfg, run, seed, groups)})
     return [jobs[k] for k in sorted(jobs)]
 
 
-def protocol_for(cfg: dict, task: str, dataset: str, run: str, seed: int) -> str:
+def transfer_job(cfg: dict, task: str, dataset: str, run: str, seed: int) -> dict:
+    """The transfer_jobs entry of one job (its protocol and the run it fine-tunes)."""
     for job in transfer_jobs(cfg):
         if (job["task"], job["dataset"], job["run"], job["seed"]) == (task, dataset, run, int(seed)):
-            return job["protocol"]
+            return job
     raise ConfigError(f"no transfer grid contains {task}/{dataset}/{run}/seed{seed}")
 
 

@@ -23,13 +23,16 @@ def _run_meta(cfg: dict, name: str) -> dict:
         "pretrain_fraction": subset.get("fraction") if subset else None,
         "pretrain_epochs": (run.get("training") or {}).get("epochs"),
         "soft_labels": (run.get("fkd") or {}).get("soft_labels"),
+        "pretrain_seed": run["training"]["seed"] if "replica_of" in run else None,
+        "replica_of": run.get("replica_of"),
     }
 
 
 def report_plan(cfg: dict) -> Plan:
     """Every pre-training run that makes a student, then every transfer job, in the config's order."""
     runs = [Job("pretrain", name) for name in cfg["pretrain"] if method_of(cfg, name).student != "none"]
-    transfers = [Job("transfer", j["run"], j["task"], j["dataset"], int(j["seed"]), j["protocol"])
+    transfers = [Job("transfer", j["run"], j["task"], j["dataset"], int(j["seed"]), j["protocol"],
+                     student_run=j["student_run"] if j["student_run"] != j["run"] else None)
                  for j in transfer_jobs(cfg)]
     return Plan(jobs=runs + transfers, runs={name: _run_meta(cfg, name) for name in cfg["pretrain"]},
                 dataset_formats={name: ds.get("format") for name, ds in cfg["datasets"].items()})

@@ -25,17 +25,19 @@ from kdflow.transfer import classification, segmentation
 def job_args(cfg: dict, task: str, dataset: str, run: str, seed: int) -> argparse.Namespace:
     """A transfer job's arguments from the validated config (under Snakemake and by hand alike)."""
     from kdflow import paths
-    from kdflow.config import method_of, protocol_for, resolve_dataset, resolve_protocol, resolve_run
+    from kdflow.config import method_of, resolve_dataset, resolve_protocol, resolve_run, transfer_job
     from kdflow.tasks import TASKS
 
     results = cfg["results"]
-    protocol_name = protocol_for(cfg, task, dataset, run, seed)
+    job = transfer_job(cfg, task, dataset, run, seed)
+    protocol_name, pretrained = job["protocol"], job["student_run"]  # a run of pre-training seed `seed`
     export = TASKS[task].export_for(cfg["transfer"]["protocols"][protocol_name])
     student = None
-    if method_of(cfg, run).student != "none":
-        student = paths.export_weights(results, run, export) if export else paths.student_weights(results, run)
+    if method_of(cfg, pretrained).student != "none":
+        student = (paths.export_weights(results, pretrained, export) if export
+                   else paths.student_weights(results, pretrained))
     return argparse.Namespace(
-        run=resolve_run(cfg, run), dataset=resolve_dataset(cfg, dataset),
+        run=resolve_run(cfg, pretrained), dataset=resolve_dataset(cfg, dataset),
         protocol=resolve_protocol(cfg, protocol_name), seed=seed,
         out_dir=paths.transfer_dir(results, task, dataset, run, seed),
         state=paths.state_dir(results, "transfer", task, dataset, run, f"seed{seed}"), student=student,

@@ -19,7 +19,7 @@ from kdflow.io import read_json, write_json, write_text
 from kdflow.report.collect import RESULT_COLUMNS, RUN_COLUMNS, Collection
 from kdflow.report.published import load_published, published_files
 from kdflow.report.outputs import COLLECTION_FILES
-from kdflow.report.tables import Aggregation, aggregate, ordered_runs, write_tables
+from kdflow.report.tables import Aggregation, aggregate, grid_runs, ordered_runs, write_tables
 
 
 # ---------------------------------------------------------------- step 1
@@ -88,10 +88,10 @@ def make_plots(collection: Collection, report_cfg: dict, plots_dir: str | Path,
     results, runs = collection.results, collection.runs
     out = {}
     if len(results):
-        stats = aggregate(results, agg)
-        order = [r for group in ordered_runs(runs, set(stats["run"])) for r in group]
-        out["downstream"] = plots.save(plots.downstream(stats, runs, order), plots_dir / "downstream")
-        out["score_vs_cost"] = plots.save(plots.score_vs_cost(stats, runs), plots_dir / "score_vs_cost")
+        stats, by_grid = aggregate(results, agg), grid_runs(runs)
+        order = [r for group in ordered_runs(by_grid, set(stats["run"])) for r in group]
+        out["downstream"] = plots.save(plots.downstream(stats, by_grid, order), plots_dir / "downstream")
+        out["score_vs_cost"] = plots.save(plots.score_vs_cost(stats, by_grid), plots_dir / "score_vs_cost")
         curves = transfer_curve_frame(results, agg)
         out["transfer_curves"] = plots.save(plots.transfer_curves(curves, order), plots_dir / "transfer_curves")
     losses = {row["run"]: log for row in runs.to_dict("records") if (log := _log(row["source"])) is not None}

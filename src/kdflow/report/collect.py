@@ -25,10 +25,11 @@ RESULT_COLUMNS = [
     "run", "method", "teacher", "student", "pretrain_data", "pretrain_fraction", "pretrain_epochs", "task",
     "dataset", "dataset_format", "protocol", "seed", "metric", "checkpoint", "value", "run_config_hash",
     "protocol_hash", "git_commit", "pretrain_wall_s", "pretrain_device_hours", "transfer_wall_s",
-    "transfer_device_hours", "source",
+    "transfer_device_hours", "pretrain_run", "pretrain_seed", "source",
 ]
 RUN_COLUMNS = [
-    "run", "method", "teacher", "student", "pretrain_data", "pretrain_fraction", "pretrain_epochs", "images_seen",
+    "run", "method", "teacher", "student", "pretrain_data", "pretrain_fraction", "pretrain_epochs", "pretrain_seed",
+    "replica_of", "images_seen",
     "pretrain_wall_s", "pretrain_device_hours", "device", "final_loss", "val_top1", "soft_label_bytes_per_crop",
     "run_config_hash", "git_commit", "source",
 ]
@@ -46,6 +47,11 @@ class Job:
     dataset: str | None = None
     seed: int | None = None
     protocol: str | None = None
+    student_run: str | None = None  # the run a transfer job fine-tunes, where ``run`` has pre-training seeds
+
+    @property
+    def pretrained(self) -> str:
+        return self.student_run or self.run
 
     @property
     def label(self) -> str:
@@ -161,13 +167,17 @@ def _run_row(plan: "Plan", name: str, roots: Sequence[Path]) -> dict:
 
 
 def _transfer_rows(job: Job, path: Path, run_row: dict, dataset_format: str | None) -> list[dict]:
+    """Rows of one transfer job, under the grid's run name (a run with pre-training seeds is one row
+    of a table: ``pretrain_run``/``pretrain_seed`` say which of its runs this job fine-tuned)."""
     record, prov = read_json(path), _provenance(path)
     rows = []
     for m in record["metrics"]:
         rows.append({
-            **{k: run_row[k] for k in ("run", "method", "teacher", "student", "pretrain_data",
+            **{k: run_row[k] for k in ("method", "teacher", "student", "pretrain_data",
                                        "pretrain_fraction", "pretrain_epochs", "pretrain_wall_s",
                                        "pretrain_device_hours")},
+            "run": job.run, "pretrain_run": job.pretrained,
+            "pretrain_seed": run_row.get("pretrain_seed") if job.student_run else None,
             "task": record["task"], "dataset": record.get("dataset"), "dataset_format": dataset_format,
             "protocol": record.get("protocol"), "seed": record.get("seed"), "metric": m["metric"],
             "checkpoint": m.get("checkpoint", "final"), "value": float(m["value"]),
@@ -182,7 +192,9 @@ def _transfer_rows(job: Job, path: Path, run_row: dict, dataset_format: str | No
 class Plan:
     """What a config asks for, as the collector needs it (made by kdflow.jobs.report.report_plan):
     the jobs, and per pre-training run its metadata (RUN_COLUMNS' run, method, teacher, student,
-    pretrain_data, pretrain_fraction, pretrain_epochs; ``soft_labels``: the FKD store it replays)."""
+    pretrain_data, pretrain_fraction, pretrain_epochs; ``soft_labels``: the FKD store it replays;
+    ``pretrain_seed``/``replica_of``: its seed and the run it was made from, for a run made from a
+    run's pre-training seeds)."""
 
     jobs: list[Job]
     runs: dict[str, dict]
@@ -205,7 +217,7 @@ def collect_results(plan: Plan, roots: Iterable[str | Path]) -> Collection:
             (failed if _failed(job, roots) else missing).append(job.label)
             continue
         if job.kind == "transfer":
-            rows += _transfer_rows(job, found, run_rows[job.run], plan.dataset_formats.get(job.dataset))
+            rows += _transfer_rows(job, found, run_rows[job.pretrained], plan.dataset_formats.get(job.dataset))
     return Collection(results=pd.DataFrame(rows, columns=RESULT_COLUMNS),
                       runs=pd.DataFrame(list(run_rows.values()), columns=RUN_COLUMNS),
                       missing=missing, failed=failed, roots=[str(r) for r in roots])

@@ -61,26 +61,36 @@ class Aggregation:
         what = "sample standard deviation (ddof=1)" if self.spread == "std" else "standard error of the mean"
         counts = "/".join(str(n) for n in sorted(stats["n"].unique())) if len(stats) else "0"
         seeds = sorted({s for group in stats.get("seeds", []) for s in str(group).split(",") if s != ""}, key=int)
-        return (f"Cells: mean ± {what} over fine-tuning seeds [{', '.join(seeds)}] ({counts} per cell) at the "
-                f"{self.checkpoint!r} checkpoint of each fine-tuning run; the spread covers fine-tuning seeds of "
-                "one pre-training run per row (each run is pre-trained once).")
+        seeded = list(dict.fromkeys(stats.loc[stats["pretrain_seeds"] != "", "run"])) if len(stats) else []
+        text = (f"Cells: mean ± {what} over fine-tuning seeds [{', '.join(seeds)}] ({counts} per cell) at the "
+                f"{self.checkpoint!r} checkpoint of each fine-tuning run; ")
+        if not seeded:
+            return text + "the spread covers fine-tuning seeds of one pre-training run per row (each run is pre-trained once)."
+        rows = f"rows {', '.join(seeded)} are" if len(seeded) > 1 else f"row {seeded[0]} is"
+        return text + (f"{rows} pre-trained once per seed and fine-tuning seed s starts from pre-training seed s, "
+                       "so the spread covers pre-training and fine-tuning there; every other row's covers "
+                       "fine-tuning seeds of one pre-training run.")
 
 
 def check_consistency(frame: pd.DataFrame) -> None:
-    """Seeds of one (task, dataset, run) must share the run's config and the transfer protocol."""
+    """Seeds of one (task, dataset, run) must share the transfer protocol and the run's config (for a
+    run with pre-training seeds, each seed's run its own)."""
+    frame = frame.assign(pretrain_run=frame["pretrain_run"].fillna(frame["run"]))
     for (task, dataset, run), group in frame.groupby(["task", "dataset", "run"]):
-        for column in ("run_config_hash", "protocol_hash"):
-            values = group[column].dropna().unique()
-            if len(values) > 1:
-                sources = ", ".join(sorted(group["source"].unique()))
-                raise InconsistentResults(
-                    f"{task}/{dataset}/{run}: seeds disagree on {column} ({', '.join(v[:12] for v in values)}); "
-                    f"re-run them under one config. Files: {sources}")
+        parts = {"run_config_hash": [g for _, g in group.groupby("pretrain_run")], "protocol_hash": [group]}
+        for column, groups in parts.items():
+            for part in groups:
+                values = part[column].dropna().unique()
+                if len(values) > 1:
+                    sources = ", ".join(sorted(part["source"].unique()))
+                    raise InconsistentResults(
+                        f"{task}/{dataset}/{run}: seeds disagree on {column} ({', '.join(v[:12] for v in values)}); "
+                        f"re-run them under one config. Files: {sources}")
 
 
 def aggregate(results: pd.DataFrame, agg: Aggregation) -> pd.DataFrame:
     """Per (task, dataset, run): mean, spread, n and seeds of each task's metric at the checkpoint."""
-    columns = ["task", "dataset", "dataset_format", "run", "metric", "mean", "std", "n", "seeds"]
+    columns = ["task", "dataset", "dataset_format", "run", "metric", "mean", "std", "n", "seeds", "pretrain_seeds"]
     parts = []
     for task, of_task in results.groupby("task", sort=False):
         metric = agg.metric_for(task)
@@ -94,7 +104,8 @@ def aggregate(results: pd.DataFrame, agg: Aggregation) -> pd.DataFrame:
             parts.append({"task": task, "dataset": dataset, "dataset_format": group["dataset_format"].iloc[0],
                           "run": run, "metric": metric, "mean": float(group["value"].mean()),
                           "std": agg.spread_of(group["value"]), "n": int(len(group)),
-                          "seeds": ",".join(str(int(s)) for s in sorted(group["seed"].dropna()))})
+                          "seeds": ",".join(str(int(s)) for s in sorted(group["seed"].dropna())),
+                          "pretrain_seeds": ",".join(str(int(s)) for s in sorted(group["pretrain_seed"].dropna()))})
     return pd.DataFrame(parts, columns=columns)
 
 
@@ -214,6 +225,32 @@ def _published_for(published: list[Published], task: str, dataset: str, metric: 
     """A published number's ``dataset`` is the config dataset name it compares with (config/kdep.yaml's
     names); never a format, which a demo or a user's own set shares with the benchmark."""
     return [p for p in published if p.task == task and p.metric == metric and p.dataset == dataset]
+
+
+def grid_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs as transfer grids name them: the runs made from one run's pre-training seeds become
+    one row under that run's name, at the place of its first seed, with the mean of their images
+    seen, wall time and device-hours (the other metadata is the seeds' own, the same but the seed)."""
+    if "replica_of" not in runs or runs["replica_of"].isna().all():
+        return runs
+    rows, seen = [], set()
+    for row in runs.to_dict("records"):
+        group = row.get("replica_of")
+        if missing(group):
+            rows.append(row)
+            continue
+        if group in seen:
+            continue
+        seen.add(group)
+        members = runs[runs["replica_of"] == group]
+        merged = {**row, "run": group, "pretrain_seed": None, "replica_of": None, "source": None}
+        for column in ("images_seen", "pretrain_wall_s", "pretrain_device_hours"):
+            values = pd.to_numeric(members[column], errors="coerce").dropna()
+            merged[column] = float(values.mean()) if len(values) else None
+        if members["source"].notna().any():
+            merged["source"] = ", ".join(members["source"].dropna())
+        rows.append(merged)
+    return pd.DataFrame(rows, columns=runs.columns)
 
 
 def _run_records(runs: pd.DataFrame) -> dict[str, dict]:
@@ -378,9 +415,10 @@ def write_tables(results: pd.DataFrame, runs: pd.DataFrame, published: list[Publ
     """Every table into ``folder``; returns {table name: {ext: path}}."""
     notes = list(notes)
     stats = aggregate(results, agg) if len(results) else pd.DataFrame(
-        columns=["task", "dataset", "dataset_format", "run", "metric", "mean", "std", "n", "seeds"])
-    tables = [task_table(stats, task, runs, agg, notes) for task in dict.fromkeys(stats["task"])]
+        columns=["task", "dataset", "dataset_format", "run", "metric", "mean", "std", "n", "seeds", "pretrain_seeds"])
+    by_grid = grid_runs(runs)
+    tables = [task_table(stats, task, by_grid, agg, notes) for task in dict.fromkeys(stats["task"])]
     if len(stats):
-        tables += [main_table(stats, runs, published, agg, notes), cost_table(stats, runs, notes)]
+        tables += [main_table(stats, by_grid, published, agg, notes), cost_table(stats, by_grid, notes)]
     tables += [pretraining_table(runs, published, notes), published_table(published)]
     return {t.name: t.write(folder) for t in tables}
