@@ -3,7 +3,7 @@ margin in classification, KDEP and FKD in segmentation (which also proves that t
 loaded the pre-trained weights) and in detection, and KDEP from a trained teacher must beat KDEP
 from an untrained one.
 
-Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (14 to 25
+Runs ``snakemake --cores 2`` on config/config.yaml into a temporary results root (14 to 32
 minutes on 2 cores, by CPU), unless KDFLOW_DEMO_RESULTS points at the results of a finished demo run.
 """
 
