@@ -43,10 +43,13 @@ def test_a_run_with_seeds_becomes_one_run_per_seed_and_fine_tuning_seed_s_starts
     resolved = [resolve_run(cfg, name) for name in names]
     assert [r["training"]["seed"] for r in resolved] == [0, 1, 2]
     assert len({r.hash for r in resolved}) == 3  # three results, each its own identity ...
-    for r in resolved:  # ... that differ in the name and the seed alone
-        same = {**r.identity, "name": None, "training": {**r.identity["training"], "seed": None}}
-        first = {**resolved[0].identity, "name": None, "training": {**resolved[0].identity["training"], "seed": None}}
-        assert same == first and "replica_of" not in r.identity
+
+    def without_name_and_seed(identity):
+        return {**identity, "name": None, "training": {**identity["training"], "seed": None}}
+
+    # ... that differ in the name and the seed alone
+    assert all(without_name_and_seed(r.identity) == without_name_and_seed(resolved[0].identity) for r in resolved)
+    assert not any("replica_of" in r.identity for r in resolved)
     jobs = {(j["task"], j["run"], j["seed"]): j["student_run"] for j in transfer_jobs(cfg)}
     assert [jobs[("classification", "kdep_all", s)] for s in (0, 1, 2)] == names
     assert [jobs[("detection", "kdep_all", s)] for s in (0, 1)] == names[:2]

@@ -197,14 +197,17 @@ def _expand_pretrain_seeds(cfg: dict, source: str) -> None:
     training.seed set to k and ``replica_of: <name>``; the name itself then stands for the group
     (transfer grids refer to it, kdflow.config.pretrain_groups). In place, and a no-op on a config
     already expanded."""
+    def set_by_hand(name):
+        return ConfigError(f"{source}: config.pretrain.{name}.replica_of: set by kdflow for the runs it makes "
+                           "from seeds; remove it")
+
     runs: dict = {}  # in the config's order, each run's seeds at its place
     for name, run in cfg["pretrain"].items():
         if "seeds" not in run:
             runs[name] = run
             continue
         if "replica_of" in run:
-            raise ConfigError(f"{source}: config.pretrain.{name}.replica_of: set by kdflow for the runs it makes "
-                              "from seeds; remove it")
+            raise set_by_hand(name)
         for seed in run["seeds"]:
             replica = replica_name(name, seed)
             if replica in cfg["pretrain"]:
@@ -218,8 +221,7 @@ def _expand_pretrain_seeds(cfg: dict, source: str) -> None:
     for name, run in runs.items():
         group = run.get("replica_of")
         if group is not None and (group in runs or name != replica_name(group, run["training"]["seed"])):
-            raise ConfigError(f"{source}: config.pretrain.{name}.replica_of: set by kdflow for the runs it makes "
-                              "from seeds; remove it")
+            raise set_by_hand(name)
 
 
 def pretrain_groups(cfg: dict) -> dict[str, dict[int, str]]:
@@ -550,6 +552,7 @@ def _transfer_errors(cfg: dict) -> list[str]:
     problems: list[str] = []
     transfer = cfg["transfer"]
     seen: dict[tuple, str] = {}
+    groups = pretrain_groups(cfg)
     for gname, grid in transfer["grids"].items():
         where = f"config.transfer.grids.{gname}"
         _check_ref(problems, f"{where}.protocol", grid["protocol"], "protocols", transfer, "protocol")
@@ -559,7 +562,6 @@ def _transfer_errors(cfg: dict) -> list[str]:
                             f"{protocol['task']!r} protocol")
         for i, ds in enumerate(grid["datasets"]):
             _check_ref(problems, f"{where}.datasets[{i}]", ds, "datasets", cfg, "dataset")
-        groups = pretrain_groups(cfg)
         for i, run in enumerate(grid["runs"]):
             if run in groups:
                 unknown = [s for s in grid["seeds"] if s not in groups[run]]

@@ -31,8 +31,7 @@ def _run_meta(cfg: dict, name: str) -> dict:
 def report_plan(cfg: dict) -> Plan:
     """Every pre-training run that makes a student, then every transfer job, in the config's order."""
     runs = [Job("pretrain", name) for name in cfg["pretrain"] if method_of(cfg, name).student != "none"]
-    transfers = [Job("transfer", j["run"], j["task"], j["dataset"], int(j["seed"]), j["protocol"],
-                     student_run=j["student_run"] if j["student_run"] != j["run"] else None)
+    transfers = [Job("transfer", j["run"], j["task"], j["dataset"], int(j["seed"]), j["protocol"], j["student_run"])
                  for j in transfer_jobs(cfg)]
     return Plan(jobs=runs + transfers, runs={name: _run_meta(cfg, name) for name in cfg["pretrain"]},
                 dataset_formats={name: ds.get("format") for name, ds in cfg["datasets"].items()})

@@ -47,7 +47,7 @@ class Job:
     dataset: str | None = None
     seed: int | None = None
     protocol: str | None = None
-    student_run: str | None = None  # the run a transfer job fine-tunes, where ``run`` has pre-training seeds
+    student_run: str | None = None  # the run a transfer job fine-tunes (another where ``run`` has pre-training seeds)
 
     @property
     def pretrained(self) -> str:
@@ -177,7 +177,7 @@ def _transfer_rows(job: Job, path: Path, run_row: dict, dataset_format: str | No
                                        "pretrain_fraction", "pretrain_epochs", "pretrain_wall_s",
                                        "pretrain_device_hours")},
             "run": job.run, "pretrain_run": job.pretrained,
-            "pretrain_seed": run_row.get("pretrain_seed") if job.student_run else None,
+            "pretrain_seed": run_row["pretrain_seed"],
             "task": record["task"], "dataset": record.get("dataset"), "dataset_format": dataset_format,
             "protocol": record.get("protocol"), "seed": record.get("seed"), "metric": m["metric"],
             "checkpoint": m.get("checkpoint", "final"), "value": float(m["value"]),
